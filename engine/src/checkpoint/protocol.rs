@@ -1,0 +1,1 @@
+// INTERFACE STUB — implemented by the state work package.

@@ -1,0 +1,2 @@
+//! Brute-force reference for window results. INTERFACE STUB — implemented by the window work
+//! package.

@@ -1,0 +1,35 @@
+//! The topology model, its loading from YAML and its validation. INTERFACE STUB for loading —
+//! implemented by the topology work package.
+
+mod duration;
+mod model;
+mod size;
+
+pub use duration::Duration;
+pub use model::*;
+pub use size::ByteSize;
+
+/// One configuration problem, with the YAML path it concerns (e.g.
+/// `pipelines.views.window.size`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// Dotted YAML path (`sources.events.rate`, `pipelines.p.aggregates[2].fn`).
+    pub path: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Checks the connector-specific parts of a topology; provided by the binary, which knows the
+/// connectors built in.
+pub trait ConnectorCatalog {
+    /// Problems with source `name`'s options (path prefix `sources.<name>`).
+    fn check_source(&self, name: &str, spec: &SourceSpec) -> Vec<ConfigIssue>;
+    /// Problems with sink `name`'s options (path prefix `sinks.<name>`).
+    fn check_sink(&self, name: &str, spec: &SinkSpec) -> Vec<ConfigIssue>;
+}
