@@ -1,2 +1,150 @@
 //! Weir's connectors. Each connector is one module behind one cargo feature; the engine's
-//! traits are all they depend on.
+//! traits are all they depend on. [`Registry`] is the one place that maps a topology's
+//! `type:` names to connectors.
+
+pub mod console;
+#[cfg(feature = "file")]
+pub mod file;
+#[cfg(feature = "generator")]
+pub mod generator;
+
+use serde::de::DeserializeOwned;
+use weir_engine::runtime::{
+    Connectors, DecodeContext, Sink, SinkError, SourceError, SourcePartition,
+};
+use weir_engine::topology::{ConfigIssue, ConnectorCatalog, SinkSpec, SourceSpec};
+
+/// Parses a connector's options map into its config type; every issue's path starts with
+/// `prefix`.
+pub(crate) fn parse_options<T: DeserializeOwned>(
+    prefix: &str,
+    options: &serde_json::Map<String, serde_json::Value>,
+) -> Result<T, Vec<ConfigIssue>> {
+    let value = serde_json::Value::Object(options.clone());
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let inner = e.path().to_string();
+        let path = if inner == "." || inner.is_empty() {
+            prefix.to_string()
+        } else {
+            format!("{prefix}.{inner}")
+        };
+        vec![ConfigIssue {
+            path,
+            message: e.into_inner().to_string(),
+        }]
+    })
+}
+
+/// Source connector types built into this binary.
+pub fn source_types() -> Vec<&'static str> {
+    let mut types = Vec::new();
+    if cfg!(feature = "file") {
+        types.push("file");
+    }
+    if cfg!(feature = "generator") {
+        types.push("generator");
+    }
+    types
+}
+
+/// Sink connector types built into this binary.
+pub fn sink_types() -> Vec<&'static str> {
+    let mut types = vec!["console"];
+    if cfg!(feature = "file") {
+        types.push("file");
+    }
+    types
+}
+
+/// The connectors built into this binary: checks their options and opens them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Registry;
+
+impl ConnectorCatalog for Registry {
+    fn check_source(&self, name: &str, spec: &SourceSpec) -> Vec<ConfigIssue> {
+        let prefix = format!("sources.{name}");
+        let result: Result<(), Vec<ConfigIssue>> = match spec.kind.as_str() {
+            #[cfg(feature = "file")]
+            "file" => file::source::FileSourceConfig::from_options(&prefix, &spec.options).map(drop),
+            #[cfg(feature = "generator")]
+            "generator" => generator::GeneratorConfig::from_options(&prefix, &spec.options).map(drop),
+            other => Err(vec![ConfigIssue {
+                path: format!("{prefix}.type"),
+                message: format!(
+                    "unknown source type `{other}`; this build has: {}",
+                    source_types().join(", ")
+                ),
+            }]),
+        };
+        result.err().unwrap_or_default()
+    }
+
+    fn check_sink(&self, name: &str, spec: &SinkSpec) -> Vec<ConfigIssue> {
+        let prefix = format!("sinks.{name}");
+        let result: Result<(), Vec<ConfigIssue>> = match spec.kind.as_str() {
+            "console" => console::ConsoleSinkConfig::from_options(&prefix, &spec.options).map(drop),
+            #[cfg(feature = "file")]
+            "file" => file::sink::FileSinkConfig::from_options(&prefix, &spec.options).map(drop),
+            other => Err(vec![ConfigIssue {
+                path: format!("{prefix}.type"),
+                message: format!(
+                    "unknown sink type `{other}`; this build has: {}",
+                    sink_types().join(", ")
+                ),
+            }]),
+        };
+        result.err().unwrap_or_default()
+    }
+}
+
+fn config_error(issues: Vec<ConfigIssue>) -> String {
+    issues
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl Connectors for Registry {
+    fn open_source(
+        &self,
+        name: &str,
+        spec: &SourceSpec,
+        ctx: &DecodeContext,
+    ) -> Result<Vec<Box<dyn SourcePartition>>, SourceError> {
+        let prefix = format!("sources.{name}");
+        match spec.kind.as_str() {
+            #[cfg(feature = "file")]
+            "file" => {
+                let config = file::source::FileSourceConfig::from_options(&prefix, &spec.options)
+                    .map_err(|i| SourceError::Fatal(config_error(i)))?;
+                file::source::open_file_source(name, &config, ctx)
+            }
+            #[cfg(feature = "generator")]
+            "generator" => {
+                let config = generator::GeneratorConfig::from_options(&prefix, &spec.options)
+                    .map_err(|i| SourceError::Fatal(config_error(i)))?;
+                generator::open_generator(name, &config, ctx)
+            }
+            other => Err(SourceError::Fatal(format!("unknown source type `{other}`"))),
+        }
+    }
+
+    fn open_sink(&self, _job: &str, name: &str, spec: &SinkSpec) -> Result<Box<dyn Sink>, SinkError> {
+        let prefix = format!("sinks.{name}");
+        match spec.kind.as_str() {
+            "console" => {
+                let config = console::ConsoleSinkConfig::from_options(&prefix, &spec.options)
+                    .map_err(|i| SinkError::Fatal(config_error(i)))?;
+                Ok(Box::new(console::ConsoleSink::new(name, &config)))
+            }
+            #[cfg(feature = "file")]
+            "file" => {
+                let config = file::sink::FileSinkConfig::from_options(&prefix, &spec.options)
+                    .map_err(|i| SinkError::Fatal(config_error(i)))?;
+                Ok(Box::new(file::sink::FileSink::open(name, &config)?))
+            }
+            other => Err(SinkError::Fatal(format!("unknown sink type `{other}`"))),
+        }
+    }
+}

@@ -9,6 +9,14 @@ mod rocks;
 pub use memory::MemoryStateStore;
 pub use rocks::RocksStateStore;
 
+/// The on-disk format version this build reads and writes, stored big-endian under
+/// [`FORMAT_VERSION_KEY`] in [`Table::Meta`]. Bump it on any incompatible change of a key or
+/// value layout of any table.
+pub const STATE_FORMAT_VERSION: u32 = 1;
+
+/// The [`Table::Meta`] key holding [`STATE_FORMAT_VERSION`] (u32, big-endian).
+pub const FORMAT_VERSION_KEY: &[u8] = b"format_version";
+
 /// The tables (RocksDB column families) of the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Table {
@@ -104,7 +112,12 @@ impl StateBatch {
     }
 
     /// Adds a range delete of [start, end).
-    pub fn delete_range(&mut self, table: Table, start: impl Into<Vec<u8>>, end: impl Into<Vec<u8>>) {
+    pub fn delete_range(
+        &mut self,
+        table: Table,
+        start: impl Into<Vec<u8>>,
+        end: impl Into<Vec<u8>>,
+    ) {
         self.ops
             .push(BatchOp::DeleteRange(table, start.into(), end.into()));
     }

@@ -80,7 +80,12 @@ impl Duration {
 impl fmt::Display for Duration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0;
-        for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+        for (unit, size) in [
+            ("d", 86_400_000),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1_000),
+        ] {
             if ms != 0 && ms % size == 0 {
                 return write!(f, "{}{unit}", ms / size);
             }
@@ -132,7 +137,10 @@ mod tests {
     #[test]
     fn rejects_words_and_missing_units() {
         let err = Duration::parse("5 minutes").unwrap_err();
-        assert!(err.contains("unknown unit") || err.contains("missing unit"), "{err}");
+        assert!(
+            err.contains("unknown unit") || err.contains("missing unit"),
+            "{err}"
+        );
         assert!(Duration::parse("10").unwrap_err().contains("missing unit"));
         assert!(Duration::parse("").is_err());
         assert!(Duration::parse("m").is_err());

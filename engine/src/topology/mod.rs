@@ -1,12 +1,22 @@
-//! The topology model, its loading from YAML and its validation. INTERFACE STUB for loading —
-//! implemented by the topology work package.
+//! The topology model, its loading from YAML and its validation.
+//!
+//! [`load_file`] / [`load_str`] turn `topology.yaml` into a [`Topology`]: `${VAR}` and
+//! `${VAR:-default}` are substituted from the environment, each component is parsed on its
+//! own, and every problem found — syntax, types, unknown fields, dangling references, invalid
+//! windows, aggregates or CEL expressions, connector options — is returned at once as a
+//! [`ConfigIssue`] with its dotted YAML path. [`json_schema`] describes the file for editors.
 
 mod duration;
+mod env;
+mod load;
 mod model;
+mod schema;
 mod size;
 
 pub use duration::Duration;
+pub use load::{load_file, load_str, load_str_with_env};
 pub use model::*;
+pub use schema::json_schema;
 pub use size::ByteSize;
 
 /// One configuration problem, with the YAML path it concerns (e.g.

@@ -1,0 +1,222 @@
+//! The coordinator: starts checkpoint epochs, gathers every task's part, persists the epoch in
+//! one atomic write, commits every sink, then marks the epoch committed.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use crate::checkpoint::{position_key, staged_key, write_committed, write_prepared, Epoch};
+use crate::state::{StateBatch, StateStore, Table};
+
+use super::messages::{CoordMessage, ShardAck, SourceAck, SourceControl};
+use super::metrics::JobMetrics;
+use super::sink::{Sink, SinkError};
+use super::JobError;
+
+/// What the coordinator knows of one source task.
+pub(crate) struct SourceHandle {
+    pub control: Sender<SourceControl>,
+    pub pipeline: String,
+    pub partition_id: String,
+}
+
+/// The epoch being checkpointed.
+struct InFlight {
+    epoch: Epoch,
+    started: Instant,
+    sources: Vec<Option<SourceAck>>,
+    shards: Vec<Option<ShardAck>>,
+}
+
+impl InFlight {
+    fn is_complete(&self) -> bool {
+        self.sources.iter().all(Option::is_some) && self.shards.iter().all(Option::is_some)
+    }
+}
+
+pub(crate) struct Coordinator {
+    pub store: Arc<dyn StateStore>,
+    pub sinks: Vec<Box<dyn Sink>>,
+    pub sources: Vec<SourceHandle>,
+    pub shard_count: usize,
+    pub acks: Receiver<CoordMessage>,
+    pub interval: Duration,
+    pub next_epoch: Epoch,
+    pub stop: Arc<AtomicBool>,
+    pub metrics: Arc<JobMetrics>,
+}
+
+impl Coordinator {
+    /// Runs epochs until every source has ended (and a last epoch committed everything) or a
+    /// stop is requested (a last epoch is committed first).
+    pub fn run(mut self) -> Result<(), JobError> {
+        let result = self.run_epochs();
+        for s in &self.sources {
+            let _ = s.control.send(SourceControl::Stop);
+        }
+        result
+    }
+
+    fn run_epochs(&mut self) -> Result<(), JobError> {
+        let mut next_checkpoint = Instant::now() + self.interval;
+        let mut in_flight: Option<InFlight> = None;
+        let mut ended = vec![false; self.sources.len()];
+        loop {
+            let all_ended = ended.iter().all(|e| *e);
+            let stopping = self.stop.load(Ordering::Relaxed);
+            if in_flight.is_none() && (Instant::now() >= next_checkpoint || all_ended || stopping) {
+                let epoch = self.next_epoch;
+                self.next_epoch += 1;
+                for s in &self.sources {
+                    // A source that is gone has failed; its failure message follows.
+                    let _ = s.control.send(SourceControl::Barrier(epoch));
+                }
+                in_flight = Some(InFlight {
+                    epoch,
+                    started: Instant::now(),
+                    sources: (0..self.sources.len()).map(|_| None).collect(),
+                    shards: (0..self.shard_count).map(|_| None).collect(),
+                });
+            }
+            let timeout = next_checkpoint
+                .saturating_duration_since(Instant::now())
+                .clamp(Duration::from_millis(1), Duration::from_millis(50));
+            match self.acks.recv_timeout(timeout) {
+                Ok(CoordMessage::Failed(reason)) => return Err(JobError::Task(reason)),
+                Ok(CoordMessage::SourceEnded(task)) => {
+                    if let Some(e) = ended.get_mut(task) {
+                        *e = true;
+                    }
+                }
+                Ok(CoordMessage::Source(ack)) => {
+                    if let Some(f) = in_flight.as_mut().filter(|f| f.epoch == ack.epoch) {
+                        let task = ack.task;
+                        if let Some(slot) = f.sources.get_mut(task) {
+                            *slot = Some(ack);
+                        }
+                    }
+                }
+                Ok(CoordMessage::Shard(ack)) => {
+                    if let Some(f) = in_flight.as_mut().filter(|f| f.epoch == ack.epoch) {
+                        let task = ack.task;
+                        if let Some(slot) = f.shards.get_mut(task) {
+                            *slot = Some(ack);
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(JobError::Task("every task exited unexpectedly".into()))
+                }
+            }
+            if in_flight.as_ref().is_some_and(InFlight::is_complete) {
+                if let Some(f) = in_flight.take() {
+                    // Sources send the end-of-input watermark before the barrier, so an epoch whose
+                    // sources had all ended holds every result the input produces.
+                    let finished = f.sources.iter().flatten().all(|a| a.ended);
+                    self.finish_epoch(f)?;
+                    next_checkpoint = Instant::now() + self.interval;
+                    if finished || stopping {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    fn finish_epoch(&mut self, f: InFlight) -> Result<(), JobError> {
+        let epoch = f.epoch;
+        let mut batch = StateBatch::default();
+        let mut staged: Vec<Vec<u8>> = vec![Vec::new(); self.sinks.len()];
+        let mut open_windows = 0;
+        let mut watermark = i64::MAX;
+        for ack in f.sources.into_iter().flatten() {
+            if let Some(handle) = self.sources.get(ack.task) {
+                batch.put(
+                    Table::Positions,
+                    position_key(&handle.pipeline, &handle.partition_id),
+                    ack.checkpoint.encode(),
+                );
+            }
+            append_staged(&mut staged, ack.staged);
+        }
+        for mut ack in f.shards.into_iter().flatten() {
+            batch.append(&mut ack.state);
+            append_staged(&mut staged, ack.staged);
+            open_windows += ack.open_windows;
+            watermark = watermark.min(ack.watermark);
+        }
+        for (sink, bytes) in self.sinks.iter().zip(staged.iter()) {
+            if !bytes.is_empty() {
+                batch.put(Table::Staged, staged_key(epoch, sink.name()), bytes.clone());
+            }
+        }
+        write_prepared(&mut batch, epoch);
+        self.store.write(batch)?;
+
+        for (sink, bytes) in self.sinks.iter_mut().zip(staged.iter()) {
+            commit_with_retry(sink.as_mut(), epoch, bytes, &self.stop, &self.metrics)?;
+        }
+        let mut done = StateBatch::default();
+        write_committed(&mut done, epoch);
+        self.store.write(done)?;
+        for s in &self.sources {
+            let _ = s.control.send(SourceControl::Committed(epoch));
+        }
+
+        let m = &self.metrics;
+        m.epochs_committed.fetch_add(1, Ordering::Relaxed);
+        m.last_epoch.store(epoch, Ordering::Relaxed);
+        let took_us = f.started.elapsed().as_micros() as u64;
+        m.last_checkpoint_us.store(took_us, Ordering::Relaxed);
+        if let Ok(mut d) = m.checkpoint_durations_us.lock() {
+            d.push(took_us);
+        }
+        m.open_windows.store(open_windows, Ordering::Relaxed);
+        if self.shard_count > 0 {
+            m.watermark.store(watermark, Ordering::Relaxed);
+        }
+        tracing::debug!(epoch, "epoch committed");
+        Ok(())
+    }
+}
+
+fn append_staged(into: &mut [Vec<u8>], from: Vec<Vec<u8>>) {
+    for (dst, mut src) in into.iter_mut().zip(from) {
+        if dst.is_empty() {
+            *dst = src;
+        } else {
+            dst.append(&mut src);
+        }
+    }
+}
+
+/// Commits `epoch` to `sink`, retrying passing failures with backoff. While this waits, the
+/// tasks keep running until their channels fill, which back-pressures the sources.
+pub(crate) fn commit_with_retry(
+    sink: &mut dyn Sink,
+    epoch: Epoch,
+    staged: &[u8],
+    stop: &AtomicBool,
+    metrics: &JobMetrics,
+) -> Result<(), JobError> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match sink.commit(epoch, staged) {
+            Ok(()) => return Ok(()),
+            Err(SinkError::Retryable(reason)) => {
+                metrics.sink_retries.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(sink = sink.name(), epoch, %reason, "sink commit failed; retrying");
+                if stop.load(Ordering::Relaxed) && backoff >= Duration::from_secs(5) {
+                    // The epoch stays prepared; the next start re-commits it.
+                    return Err(JobError::Sink(SinkError::Retryable(reason)));
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => return Err(JobError::Sink(e)),
+        }
+    }
+}

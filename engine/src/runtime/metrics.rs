@@ -1,0 +1,105 @@
+//! Counters shared by a job's tasks, read by the status display and `/metrics`.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// Live counters of a running job. All are monotone except the gauges noted.
+#[derive(Debug)]
+pub struct JobMetrics {
+    /// Records read and decoded.
+    pub events_in: AtomicU64,
+    /// Records dropped by a filter.
+    pub events_filtered: AtomicU64,
+    /// Window results emitted (before commit).
+    pub results_out: AtomicU64,
+    /// Late events (to the late output or dropped).
+    pub late_events: AtomicU64,
+    /// Records sent to the dead-letter output (or counted where none is configured).
+    pub dead_letters: AtomicU64,
+    /// Checkpoint epochs committed.
+    pub epochs_committed: AtomicU64,
+    /// Gauge: the last committed epoch.
+    pub last_epoch: AtomicU64,
+    /// Gauge: duration of the last checkpoint, barrier to commit, in µs.
+    pub last_checkpoint_us: AtomicU64,
+    /// Gauge: the lowest shard watermark (ms), `i64::MIN` before any.
+    pub watermark: AtomicI64,
+    /// Gauge: windows open over all shards.
+    pub open_windows: AtomicU64,
+    /// Gauge: sink commit retries so far.
+    pub sink_retries: AtomicU64,
+    /// Duration of every checkpoint so far, barrier to commit, in µs.
+    pub checkpoint_durations_us: Mutex<Vec<u64>>,
+}
+
+impl Default for JobMetrics {
+    fn default() -> Self {
+        JobMetrics {
+            events_in: AtomicU64::new(0),
+            events_filtered: AtomicU64::new(0),
+            results_out: AtomicU64::new(0),
+            late_events: AtomicU64::new(0),
+            dead_letters: AtomicU64::new(0),
+            epochs_committed: AtomicU64::new(0),
+            last_epoch: AtomicU64::new(0),
+            last_checkpoint_us: AtomicU64::new(0),
+            watermark: AtomicI64::new(i64::MIN),
+            open_windows: AtomicU64::new(0),
+            sink_retries: AtomicU64::new(0),
+            checkpoint_durations_us: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+/// A point-in-time copy of [`JobMetrics`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MetricsSnapshot {
+    /// See [`JobMetrics::events_in`].
+    pub events_in: u64,
+    /// See [`JobMetrics::events_filtered`].
+    pub events_filtered: u64,
+    /// See [`JobMetrics::results_out`].
+    pub results_out: u64,
+    /// See [`JobMetrics::late_events`].
+    pub late_events: u64,
+    /// See [`JobMetrics::dead_letters`].
+    pub dead_letters: u64,
+    /// See [`JobMetrics::epochs_committed`].
+    pub epochs_committed: u64,
+    /// See [`JobMetrics::last_epoch`].
+    pub last_epoch: u64,
+    /// See [`JobMetrics::last_checkpoint_us`].
+    pub last_checkpoint_us: u64,
+    /// See [`JobMetrics::watermark`].
+    pub watermark: i64,
+    /// See [`JobMetrics::open_windows`].
+    pub open_windows: u64,
+    /// See [`JobMetrics::sink_retries`].
+    pub sink_retries: u64,
+}
+
+impl JobMetrics {
+    /// Reads every counter.
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        MetricsSnapshot {
+            events_in: r(&self.events_in),
+            events_filtered: r(&self.events_filtered),
+            results_out: r(&self.results_out),
+            late_events: r(&self.late_events),
+            dead_letters: r(&self.dead_letters),
+            epochs_committed: r(&self.epochs_committed),
+            last_epoch: r(&self.last_epoch),
+            last_checkpoint_us: r(&self.last_checkpoint_us),
+            watermark: self.watermark.load(Ordering::Relaxed),
+            open_windows: r(&self.open_windows),
+            sink_retries: r(&self.sink_retries),
+        }
+    }
+
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        if n > 0 {
+            counter.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Compiles a validated topology into what the tasks execute: field slots, record steps,
+//! key extraction, type requirements and window operator specs.
+
+use std::sync::Arc;
+
+use crate::aggregate::{Aggregates, CompiledAggregate};
+use crate::event::{FieldSlots, Key, Record, ResultSchema, Value};
+use crate::expr::{ExprError, RecordExpr, ResultPredicate};
+use crate::topology::{AggregateFunction, EmitMode, PipelineSpec, StepSpec, Topology};
+use crate::window::WindowOperatorSpec;
+
+/// A record-level step, compiled.
+pub(crate) enum Step {
+    /// Keep records for which the expression is true.
+    Filter(RecordExpr),
+    /// Set `slot` to the expression's value.
+    Compute { slot: usize, expr: RecordExpr },
+}
+
+/// What a field must hold for a record to be processed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Requirement {
+    /// Present and not null (key fields).
+    Present,
+    /// Numeric when present (inputs of numeric aggregates).
+    NumericOrNull,
+}
+
+/// A pipeline compiled for execution.
+pub(crate) struct PipelinePlan {
+    pub source: String,
+    pub slots: Arc<FieldSlots>,
+    pub steps: Vec<Step>,
+    pub key_slots: Vec<usize>,
+    requirements: Vec<(usize, Requirement)>,
+    pub operator: WindowOperatorSpec,
+    pub sinks: Vec<String>,
+    pub late_output: Option<String>,
+}
+
+/// Why a record is rejected by a pipeline's steps or requirements.
+pub(crate) enum Rejection {
+    /// Filtered out: not an error.
+    Filtered,
+    /// Goes to the dead-letter output with this reason.
+    Invalid(String),
+}
+
+impl PipelinePlan {
+    /// Compiles pipeline `name` of `topology` for a worker with `shards` shards and a share of
+    /// the memory budget.
+    pub fn compile(
+        topology: &Topology,
+        name: &str,
+        spec: &PipelineSpec,
+        shards: u32,
+        memory_budget_bytes: usize,
+    ) -> Result<PipelinePlan, ExprError> {
+        let mut slots = FieldSlots::default();
+        let key_slots: Vec<usize> = spec.key_by.iter().map(|f| slots.slot(f)).collect();
+        let mut requirements: Vec<(usize, Requirement)> = key_slots
+            .iter()
+            .map(|&s| (s, Requirement::Present))
+            .collect();
+
+        // Compute outputs get slots before the expressions so an aggregate over a computed field
+        // reads the computed value; expression inputs are collected from every step.
+        let mut steps = Vec::with_capacity(spec.steps.len());
+        for step in &spec.steps {
+            match step {
+                StepSpec::Filter(src) => {
+                    let expr = RecordExpr::compile(src)?;
+                    for f in expr.referenced_fields() {
+                        slots.slot(&f);
+                    }
+                    steps.push(Step::Filter(expr));
+                }
+                StepSpec::Compute(c) => {
+                    let expr = RecordExpr::compile(&c.expr)?;
+                    for f in expr.referenced_fields() {
+                        slots.slot(&f);
+                    }
+                    let slot = slots.slot(&c.name);
+                    steps.push(Step::Compute { slot, expr });
+                }
+            }
+        }
+
+        let mut aggregates = Vec::with_capacity(spec.aggregates.len());
+        for agg in &spec.aggregates {
+            let slot = agg.field.as_deref().map(|f| slots.slot(f));
+            if let (Some(s), true) = (
+                slot,
+                matches!(
+                    agg.function,
+                    AggregateFunction::Sum | AggregateFunction::Avg | AggregateFunction::Percentile
+                ),
+            ) {
+                requirements.push((s, Requirement::NumericOrNull));
+            }
+            aggregates.push(CompiledAggregate {
+                name: agg.name.as_str().into(),
+                function: agg.function,
+                slot,
+                q: agg.q.unwrap_or(0.5),
+                n: agg.n.unwrap_or(10),
+            });
+        }
+        requirements.sort_unstable_by_key(|r| r.0);
+        requirements.dedup();
+
+        let schema = Arc::new(ResultSchema {
+            pipeline: name.into(),
+            key_fields: spec.key_by.iter().map(|k| k.as_str().into()).collect(),
+            aggregate_names: spec.aggregates.iter().map(|a| a.name.as_str().into()).collect(),
+        });
+        let having = match &spec.having {
+            Some(src) => Some(Arc::new(ResultPredicate::compile(src)?)),
+            None => None,
+        };
+        let slots = Arc::new(slots);
+        let operator = WindowOperatorSpec {
+            operator_id: format!("{}/{}", topology.name, name).into(),
+            schema,
+            slots: slots.clone(),
+            window: spec.window.clone(),
+            aggregates: Aggregates::new(aggregates),
+            emit: spec.emit.mode,
+            emit_every_ms: match spec.emit.mode {
+                EmitMode::OnClose => None,
+                _ => spec.emit.every.map(|d| d.as_millis_i64()),
+            },
+            having,
+            late_output: spec.late_output.is_some(),
+            shard: 0,
+            shards,
+            memory_budget_bytes,
+        };
+        Ok(PipelinePlan {
+            source: spec.source.clone(),
+            slots,
+            steps,
+            key_slots,
+            requirements,
+            operator,
+            sinks: spec.sinks.clone(),
+            late_output: spec.late_output.clone(),
+        })
+    }
+
+    /// Runs the steps and checks on `record`; on success returns its key.
+    pub fn prepare(&self, record: &mut Record) -> Result<Key, Rejection> {
+        // Decoders size `fields` to the slots they know; computed slots may be beyond that.
+        if record.fields.len() < self.slots.len() {
+            record.fields.resize(self.slots.len(), Value::Null);
+        }
+        for step in &self.steps {
+            match step {
+                Step::Filter(expr) => match expr.eval_bool(&self.slots, record) {
+                    Ok(true) => {}
+                    Ok(false) => return Err(Rejection::Filtered),
+                    Err(e) => return Err(Rejection::Invalid(format!("filter failed: {e}"))),
+                },
+                Step::Compute { slot, expr } => match expr.eval(&self.slots, record) {
+                    Ok(v) => {
+                        if let Some(f) = record.fields.get_mut(*slot) {
+                            *f = v;
+                        }
+                    }
+                    Err(e) => {
+                        let name = self.slots.names().get(*slot).map(|n| n.as_str());
+                        return Err(Rejection::Invalid(format!(
+                            "computing field `{}` failed: {e}",
+                            name.unwrap_or("?")
+                        )));
+                    }
+                },
+            }
+        }
+        for &(slot, req) in &self.requirements {
+            let value = record.fields.get(slot).unwrap_or(&Value::Null);
+            let ok = match req {
+                Requirement::Present => !matches!(value, Value::Null),
+                Requirement::NumericOrNull => {
+                    matches!(value, Value::Null | Value::Int(_) | Value::Float(_))
+                }
+            };
+            if !ok {
+                let name = self.slots.names().get(slot).map(|n| n.as_str()).unwrap_or("?");
+                return Err(Rejection::Invalid(match req {
+                    Requirement::Present => format!("missing key field `{name}`"),
+                    Requirement::NumericOrNull => {
+                        format!("field `{name}` must be a number, got {value:?}")
+                    }
+                }));
+            }
+        }
+        Ok(Key::from_values(
+            self.key_slots
+                .iter()
+                .map(|&s| record.fields.get(s).unwrap_or(&Value::Null)),
+        ))
+    }
+}

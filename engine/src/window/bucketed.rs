@@ -1,0 +1,735 @@
+//! Tumbling and sliding windows: accumulators per (pane, key), in buckets ordered by pane.
+//!
+//! A bucket is one pane (a whole window when tumbling): a hash map from key (with its
+//! precomputed hash) to an entry. Buckets live in a slab indexed by a `BTreeMap` from pane
+//! start, and the last bucket touched is cached, so the hot path is: window arithmetic, one
+//! cached bucket lookup, one hash lookup, the aggregate update. Nothing is allocated unless a
+//! new (key, pane) entry appears.
+//!
+//! Entries carry a dirty flag (written by the next snapshot), a pending flag (a change not
+//! emitted yet, with coalesced updates) and whether they were ever persisted (purging them
+//! then deletes their stored key). After a snapshot, over the memory budget, clean entries of
+//! the least recently touched buckets are evicted (first those not touched since the previous
+//! snapshot); a bucket counts its evicted entries, so a key missing from a fully resident
+//! bucket is known to be new without any read.
+
+use std::collections::hash_map::Entry as MapEntry;
+use std::collections::{BTreeMap, BTreeSet};
+use std::mem::size_of;
+
+use smallvec::SmallVec;
+
+use crate::aggregate::{Accumulators, Aggregates};
+use crate::event::{Key, KeyedRecord, Output, Timestamp, WindowResult, MAX_TIMESTAMP};
+use crate::state::{scan_prefix, StateBatch, StateError, Table};
+
+use super::assign::Geometry;
+use super::emit::{Common, OnChange};
+use super::keys::{HKey, KeyMap};
+use super::store_layout::{self as layout, acc_error, Reader};
+use super::OperatorStats;
+
+/// Stored flag: a change not emitted yet.
+const F_PENDING: u8 = layout::FLAG_PENDING;
+/// Stored flag: the main accumulator holds at least one record.
+const F_MAIN: u8 = 2;
+/// Flags kept in the stored header.
+const STORED_FLAGS: u8 = F_PENDING | F_MAIN;
+/// Changed since the last snapshot.
+const F_DIRTY: u8 = 16;
+/// Present in the store.
+const F_PERSISTED: u8 = 32;
+
+/// Buckets keep the capacity of their map for reuse unless it grew beyond this.
+const REUSE_CAPACITY: usize = 1 << 16;
+
+/// One (pane, key).
+struct Entry {
+    /// Records counting for every window of the pane.
+    acc: Accumulators,
+    /// Records that were late for the pane's first windows, by the first window they count
+    /// for (rare: only sliding windows, for records behind their partition's watermark).
+    partials: Option<Box<Vec<(i64, Accumulators)>>>,
+    flags: u8,
+    /// Snapshot epoch of the last update.
+    touched: u32,
+    /// Bytes accounted for this entry.
+    size: usize,
+}
+
+const ENTRY_OVERHEAD: usize = size_of::<HKey>() + size_of::<Entry>() + 8;
+
+fn key_heap(key: &Key) -> usize {
+    let n = key.as_bytes().len();
+    if n > 22 {
+        n
+    } else {
+        0
+    }
+}
+
+impl Entry {
+    fn new(acc: Accumulators) -> Self {
+        Entry {
+            acc,
+            partials: None,
+            flags: 0,
+            touched: 0,
+            size: 0,
+        }
+    }
+
+    /// Merges what counts for window `j` into `into`; whether anything did.
+    fn contribute(&self, aggs: &Aggregates, j: i64, into: &mut Accumulators) -> bool {
+        let mut any = false;
+        if self.flags & F_MAIN != 0 {
+            aggs.merge(into, &self.acc);
+            any = true;
+        }
+        if let Some(p) = &self.partials {
+            for (first, a) in p.iter() {
+                if *first <= j {
+                    aggs.merge(into, a);
+                    any = true;
+                }
+            }
+        }
+        any
+    }
+
+    fn measure(&self, aggs: &Aggregates, key: &Key) -> usize {
+        let mut s = ENTRY_OVERHEAD + key_heap(key) + aggs.heap_size(&self.acc);
+        if let Some(p) = &self.partials {
+            s += 32 + p.len() * size_of::<(i64, Accumulators)>();
+            s += p.iter().map(|(_, a)| aggs.heap_size(a)).sum::<usize>();
+        }
+        s
+    }
+}
+
+#[derive(Default)]
+struct Bucket {
+    /// Pane start.
+    start: Timestamp,
+    entries: KeyMap<Entry>,
+    /// Entries of this shard in the store but not in memory.
+    evicted: u64,
+    /// Entries with the dirty flag.
+    dirty: u64,
+    /// Entries with the pending flag.
+    pending: u64,
+    /// Sequence number of the last update (for eviction order).
+    last_touch: u64,
+}
+
+/// Tumbling/sliding window state of one shard.
+pub(crate) struct Panes {
+    geo: Geometry,
+    buckets: Vec<Bucket>,
+    free: Vec<u32>,
+    index: BTreeMap<Timestamp, u32>,
+    cache: Option<(Timestamp, u32)>,
+    /// Stored keys of entries purged since the last snapshot.
+    deletes: Vec<Vec<u8>>,
+    mem_bytes: usize,
+    epoch: u32,
+    seq: u64,
+    /// No window fires or is purged before this watermark.
+    next_due: Timestamp,
+}
+
+impl Panes {
+    pub fn new(geo: Geometry) -> Self {
+        Panes {
+            geo,
+            buckets: Vec::new(),
+            free: Vec::new(),
+            index: BTreeMap::new(),
+            cache: None,
+            deletes: Vec::new(),
+            mem_bytes: 0,
+            epoch: 0,
+            seq: 0,
+            next_due: MAX_TIMESTAMP,
+        }
+    }
+
+    /// The bucket of the pane starting at `start`, created if missing.
+    #[inline]
+    fn slot(&mut self, start: Timestamp, w: Timestamp) -> u32 {
+        if let Some((s, sl)) = self.cache {
+            if s == start {
+                return sl;
+            }
+        }
+        let sl = match self.index.get(&start) {
+            Some(&sl) => sl,
+            None => {
+                let sl = match self.free.pop() {
+                    Some(sl) => sl,
+                    None => {
+                        self.buckets.push(Bucket::default());
+                        (self.buckets.len() - 1) as u32
+                    }
+                };
+                self.buckets[sl as usize].start = start;
+                self.index.insert(start, sl);
+                self.next_due = self.next_due.min(self.geo.pane_next_due(start, w));
+                sl
+            }
+        };
+        self.cache = Some((start, sl));
+        sl
+    }
+
+    pub fn process(
+        &mut self,
+        c: &mut Common,
+        rec: KeyedRecord,
+        out: &mut dyn FnMut(Output),
+    ) -> Result<(), StateError> {
+        let g = self.geo;
+        let t = rec.record.time;
+        let seen = rec.partition_watermark.max(c.watermark);
+        let (lo, hi) = g.windows_of(t);
+        let first = lo.max(g.first_purge_after(seen));
+        if first > hi {
+            // `lo > hi`: the slide exceeds the size and `t` is in no window at all.
+            if lo <= hi {
+                c.late(rec, seen, out);
+            }
+            return Ok(());
+        }
+        let w = c.watermark;
+        let sl = self.slot(g.pane_start(t), w) as usize;
+        let hk = HKey {
+            hash: rec.key_hash,
+            key: rec.key,
+        };
+        if self.buckets[sl].evicted > 0 && !self.buckets[sl].entries.contains_key(&hk) {
+            self.reload(c, sl, &hk)?;
+        }
+        let on_change = c.on_change(false);
+        let emit_key = (on_change == OnChange::Emit
+            || (c.on_change(true) == OnChange::Emit && g.end(first) <= w))
+            .then(|| hk.clone());
+        self.seq += 1;
+        let aggs = &c.spec.aggregates;
+        let Bucket {
+            entries,
+            dirty,
+            pending,
+            last_touch,
+            ..
+        } = &mut self.buckets[sl];
+        *last_touch = self.seq;
+        let e = match entries.entry(hk) {
+            MapEntry::Occupied(o) => o.into_mut(),
+            MapEntry::Vacant(v) => {
+                let mut e = Entry::new(aggs.create());
+                e.size = ENTRY_OVERHEAD + key_heap(&v.key().key);
+                self.mem_bytes += e.size;
+                v.insert(e)
+            }
+        };
+        if first == lo {
+            aggs.update(&mut e.acc, &rec.record);
+            e.flags |= F_MAIN;
+        } else {
+            let partials = e.partials.get_or_insert_with(Default::default);
+            match partials.iter_mut().find(|(f, _)| *f == first) {
+                Some((_, a)) => aggs.update(a, &rec.record),
+                None => {
+                    let mut a = aggs.create();
+                    aggs.update(&mut a, &rec.record);
+                    partials.push((first, a));
+                }
+            }
+        }
+        if e.flags & F_DIRTY == 0 {
+            e.flags |= F_DIRTY;
+            *dirty += 1;
+        }
+        e.touched = self.epoch;
+        if on_change == OnChange::Pend && e.flags & F_PENDING == 0 {
+            e.flags |= F_PENDING;
+            *pending += 1;
+        }
+        if let Some(hk) = emit_key {
+            for j in first..=hi {
+                if c.on_change(g.end(j) <= w) == OnChange::Emit {
+                    if let Some(r) = self.window_result(c, &hk, j, false)? {
+                        c.emit(r, out);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads an evicted entry back, if the store has it.
+    fn reload(&mut self, c: &Common, sl: usize, hk: &HKey) -> Result<(), StateError> {
+        let pane_end = self.geo.pane_end(self.buckets[sl].start);
+        let key = layout::pane_key(&c.prefix, pane_end, &hk.key);
+        if let Some(v) = c.store.get(Table::Windows, &key)? {
+            let (_, mut e) = decode_entry(&c.spec.aggregates, &v)?;
+            e.size = e.measure(&c.spec.aggregates, &hk.key);
+            self.mem_bytes += e.size;
+            let b = &mut self.buckets[sl];
+            b.evicted = b.evicted.saturating_sub(1);
+            b.entries.insert(hk.clone(), e);
+        }
+        Ok(())
+    }
+
+    /// Reads every evicted entry of a bucket back.
+    fn ensure_loaded(&mut self, c: &Common, sl: usize) -> Result<(), StateError> {
+        if self.buckets[sl].evicted == 0 {
+            return Ok(());
+        }
+        let pane_end = self.geo.pane_end(self.buckets[sl].start);
+        let prefix = layout::pane_prefix(&c.prefix, pane_end);
+        let aggs = &c.spec.aggregates;
+        let mut err = None;
+        let b = &mut self.buckets[sl];
+        let mem = &mut self.mem_bytes;
+        scan_prefix(&*c.store, Table::Windows, &prefix, &mut |k, v| {
+            let key = Key::from_bytes(&k[prefix.len()..]);
+            let res = stored_hash(v).and_then(|hash| {
+                if !c.owns(hash) {
+                    return Ok(());
+                }
+                let hk = HKey { hash, key };
+                if b.entries.contains_key(&hk) {
+                    return Ok(());
+                }
+                let (_, mut e) = decode_entry(aggs, v)?;
+                e.size = e.measure(aggs, &hk.key);
+                *mem += e.size;
+                b.entries.insert(hk, e);
+                Ok(())
+            });
+            match res {
+                Ok(()) => true,
+                Err(e) => {
+                    err = Some(e);
+                    false
+                }
+            }
+        })?;
+        if let Some(e) = err {
+            return Err(e);
+        }
+        b.evicted = 0;
+        Ok(())
+    }
+
+    /// The current result of window `j` for one key (`None` if no record counts for it).
+    fn window_result(
+        &mut self,
+        c: &Common,
+        hk: &HKey,
+        j: i64,
+        is_final: bool,
+    ) -> Result<Option<WindowResult>, StateError> {
+        let g = self.geo;
+        let (s, e) = (g.start(j), g.end(j));
+        let slots: SmallVec<[u32; 8]> = self.index.range(s..e).map(|(_, &sl)| sl).collect();
+        for &sl in &slots {
+            let sl = sl as usize;
+            if self.buckets[sl].evicted > 0 && !self.buckets[sl].entries.contains_key(hk) {
+                self.reload(c, sl, hk)?;
+            }
+        }
+        let aggs = &c.spec.aggregates;
+        if let [sl] = slots[..] {
+            if let Some(en) = self.buckets[sl as usize].entries.get(hk) {
+                if en.partials.is_none() {
+                    return Ok((en.flags & F_MAIN != 0)
+                        .then(|| c.result(hk.key.clone(), s, e, &en.acc, is_final)));
+                }
+            }
+        }
+        let mut acc = aggs.create();
+        let mut any = false;
+        for &sl in &slots {
+            if let Some(en) = self.buckets[sl as usize].entries.get(hk) {
+                any |= en.contribute(aggs, j, &mut acc);
+            }
+        }
+        Ok(any.then(|| c.result(hk.key.clone(), s, e, &acc, is_final)))
+    }
+
+    /// Fires and purges what the watermark step `(prev, w]` closes.
+    pub fn advance(
+        &mut self,
+        c: &mut Common,
+        prev: Timestamp,
+        w: Timestamp,
+        results: &mut Vec<WindowResult>,
+    ) -> Result<(), StateError> {
+        if w < self.next_due {
+            return Ok(());
+        }
+        let g = self.geo;
+        let (fa, fb) = (
+            g.first_end_after(prev),
+            g.first_end_after(w).saturating_sub(1),
+        );
+        let (pa, pb) = (
+            g.first_purge_after(prev),
+            g.first_purge_after(w).saturating_sub(1),
+        );
+        let mut due = BTreeSet::new();
+        for &start in self.index.range(..w).map(|(s, _)| s) {
+            let (lo, hi) = g.windows_of(start);
+            due.extend(lo.max(fa)..=hi.min(fb));
+            due.extend(lo.max(pa)..=hi.min(pb));
+        }
+        let aggs = c.spec.aggregates.clone();
+        for j in due {
+            let (s, e) = (g.start(j), g.end(j));
+            let fires = prev < e && e <= w;
+            let purge_time = g.purge_time(j);
+            let purges = prev < purge_time && purge_time <= w;
+            let slots: SmallVec<[u32; 8]> = self.index.range(s..e).map(|(_, &sl)| sl).collect();
+            for &sl in &slots {
+                self.ensure_loaded(c, sl as usize)?;
+            }
+            let single = slots.len() == 1;
+            let mut merged: KeyMap<(Accumulators, bool, bool)> = KeyMap::default();
+            for &sl in &slots {
+                let b = &mut self.buckets[sl as usize];
+                for (hk, en) in b.entries.iter() {
+                    let pending = en.flags & F_PENDING != 0;
+                    if single && en.partials.is_none() {
+                        if en.flags & F_MAIN != 0 {
+                            if let Some(is_final) = c.on_close(fires, purges, pending) {
+                                results.push(c.result(hk.key.clone(), s, e, &en.acc, is_final));
+                            }
+                        }
+                        continue;
+                    }
+                    let m = merged
+                        .entry(hk.clone())
+                        .or_insert_with(|| (aggs.create(), false, false));
+                    m.1 |= en.contribute(&aggs, j, &mut m.0);
+                    m.2 |= pending;
+                }
+                if g.is_tumbling() && b.pending > 0 {
+                    // The pane's only window emitted (or closed over) every pending change.
+                    for en in b.entries.values_mut() {
+                        if en.flags & F_PENDING != 0 {
+                            en.flags &= !F_PENDING;
+                            if en.flags & F_DIRTY == 0 {
+                                en.flags |= F_DIRTY;
+                                b.dirty += 1;
+                            }
+                        }
+                    }
+                    b.pending = 0;
+                }
+            }
+            for (hk, (acc, any, pending)) in merged {
+                if any {
+                    if let Some(is_final) = c.on_close(fires, purges, pending) {
+                        results.push(c.result(hk.key, s, e, &acc, is_final));
+                    }
+                }
+            }
+        }
+        let dropped: Vec<(Timestamp, u32)> = self
+            .index
+            .range(..w)
+            .filter(|(s, _)| g.pane_drop_time(**s) <= w)
+            .map(|(s, sl)| (*s, *sl))
+            .collect();
+        for (start, sl) in dropped {
+            self.drop_pane(c, start, sl)?;
+        }
+        self.next_due = self
+            .index
+            .keys()
+            .map(|&s| g.pane_next_due(s, w))
+            .min()
+            .unwrap_or(MAX_TIMESTAMP);
+        Ok(())
+    }
+
+    fn drop_pane(&mut self, c: &Common, start: Timestamp, sl: u32) -> Result<(), StateError> {
+        self.ensure_loaded(c, sl as usize)?;
+        let pane_end = self.geo.pane_end(start);
+        let b = &mut self.buckets[sl as usize];
+        for (hk, en) in b.entries.drain() {
+            if en.flags & F_PERSISTED != 0 {
+                self.deletes
+                    .push(layout::pane_key(&c.prefix, pane_end, &hk.key));
+            }
+            self.mem_bytes = self.mem_bytes.saturating_sub(en.size);
+        }
+        if b.entries.capacity() > REUSE_CAPACITY {
+            b.entries = KeyMap::default();
+        }
+        b.evicted = 0;
+        b.dirty = 0;
+        b.pending = 0;
+        self.index.remove(&start);
+        self.free.push(sl);
+        self.cache = None;
+        Ok(())
+    }
+
+    /// Emits every pending change (coalesced updates): all windows still kept of each pending
+    /// (pane, key).
+    pub fn flush_pending(
+        &mut self,
+        c: &mut Common,
+        results: &mut Vec<WindowResult>,
+    ) -> Result<(), StateError> {
+        let g = self.geo;
+        let first_kept = g.first_purge_after(c.watermark);
+        let mut todo: BTreeMap<(i64, Key), u64> = BTreeMap::new();
+        for (&start, &sl) in &self.index {
+            let b = &mut self.buckets[sl as usize];
+            if b.pending == 0 {
+                continue;
+            }
+            let (lo, hi) = g.windows_of(start);
+            for (hk, en) in b.entries.iter_mut() {
+                if en.flags & F_PENDING == 0 {
+                    continue;
+                }
+                en.flags &= !F_PENDING;
+                if en.flags & F_DIRTY == 0 {
+                    en.flags |= F_DIRTY;
+                    b.dirty += 1;
+                }
+                for j in lo.max(first_kept)..=hi {
+                    todo.insert((j, hk.key.clone()), hk.hash);
+                }
+            }
+            b.pending = 0;
+        }
+        for ((j, key), hash) in todo {
+            if let Some(r) = self.window_result(c, &HKey { hash, key }, j, false)? {
+                results.push(r);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn snapshot(&mut self, c: &mut Common, batch: &mut StateBatch) {
+        let aggs = &c.spec.aggregates;
+        let g = self.geo;
+        for (&start, &sl) in &self.index {
+            let b = &mut self.buckets[sl as usize];
+            if b.dirty == 0 {
+                continue;
+            }
+            let pane_end = g.pane_end(start);
+            for (hk, en) in b.entries.iter_mut() {
+                if en.flags & F_DIRTY == 0 {
+                    continue;
+                }
+                batch.put(
+                    Table::Windows,
+                    layout::pane_key(&c.prefix, pane_end, &hk.key),
+                    encode_entry(aggs, hk.hash, en),
+                );
+                en.flags = (en.flags & !F_DIRTY) | F_PERSISTED;
+                let size = en.measure(aggs, &hk.key);
+                self.mem_bytes = self.mem_bytes.saturating_sub(en.size) + size;
+                en.size = size;
+            }
+            b.dirty = 0;
+        }
+        for k in self.deletes.drain(..) {
+            batch.delete(Table::Windows, k);
+        }
+        self.evict(c.spec.memory_budget_bytes);
+        self.epoch = self.epoch.wrapping_add(1);
+    }
+
+    /// Evicts clean entries down to 80% of `budget`: first those not touched since the last
+    /// snapshot, then any, least recently touched buckets first.
+    fn evict(&mut self, budget: usize) {
+        if self.mem_bytes <= budget {
+            return;
+        }
+        let target = budget / 10 * 8;
+        let mut order: Vec<(u64, u32)> = self
+            .index
+            .values()
+            .map(|&sl| (self.buckets[sl as usize].last_touch, sl))
+            .collect();
+        order.sort_unstable();
+        let epoch = self.epoch;
+        for recent_too in [false, true] {
+            for &(_, sl) in &order {
+                if self.mem_bytes <= target {
+                    return;
+                }
+                let b = &mut self.buckets[sl as usize];
+                let mem = &mut self.mem_bytes;
+                let before = b.entries.len();
+                b.entries.retain(|_, en| {
+                    let keep = *mem <= target
+                        || en.flags & (F_DIRTY | F_PENDING) != 0
+                        || en.flags & F_PERSISTED == 0
+                        || (!recent_too && en.touched == epoch);
+                    if !keep {
+                        *mem = mem.saturating_sub(en.size);
+                    }
+                    keep
+                });
+                let n = before - b.entries.len();
+                if n > 0 {
+                    b.evicted += n as u64;
+                    b.entries.shrink_to_fit();
+                }
+            }
+        }
+    }
+
+    /// Rebuilds the buckets from the store, loading entries while under 80% of the budget and
+    /// counting the others as evicted (entries with pending changes are always loaded).
+    pub fn restore(&mut self, c: &mut Common) -> Result<(), StateError> {
+        let kind_prefix = layout::kind_prefix(&c.prefix, layout::KIND_PANE);
+        let target = c.spec.memory_budget_bytes / 10 * 8;
+        let store = c.store.clone();
+        let mut err = None;
+        scan_prefix(
+            &*store,
+            Table::Windows,
+            &kind_prefix,
+            &mut |k, v| match self.restore_one(c, &k[kind_prefix.len()..], k, v, target) {
+                Ok(()) => true,
+                Err(e) => {
+                    err = Some(e);
+                    false
+                }
+            },
+        )?;
+        if let Some(e) = err {
+            return Err(e);
+        }
+        let w = c.watermark;
+        let g = self.geo;
+        self.next_due = self
+            .index
+            .keys()
+            .map(|&s| g.pane_next_due(s, w))
+            .min()
+            .unwrap_or(MAX_TIMESTAMP);
+        Ok(())
+    }
+
+    fn restore_one(
+        &mut self,
+        c: &Common,
+        rest: &[u8],
+        full_key: &[u8],
+        v: &[u8],
+        target: usize,
+    ) -> Result<(), StateError> {
+        let corrupt = |reason: &str| StateError::Corrupt {
+            table: Table::Windows,
+            reason: reason.into(),
+        };
+        let (end, key) = rest
+            .split_first_chunk::<8>()
+            .ok_or_else(|| corrupt("window key too short"))?;
+        let pane_end = layout::decode_ts(*end);
+        let g = self.geo;
+        let start = pane_end
+            .checked_sub(g.pane)
+            .filter(|s| g.pane_start(*s) == *s)
+            .ok_or_else(|| corrupt("pane end does not match the window size"))?;
+        let mut r = Reader::new(v, Table::Windows);
+        r.version()?;
+        let flags = r.u8()?;
+        let hash = r.u64()?;
+        if !c.owns(hash) {
+            return Ok(());
+        }
+        if g.pane_drop_time(start) <= c.watermark {
+            // Stale (written under another shard count): its windows are closed here.
+            self.deletes.push(full_key.to_vec());
+            return Ok(());
+        }
+        let sl = self.slot(start, c.watermark) as usize;
+        if self.mem_bytes < target || flags & F_PENDING != 0 {
+            let key = Key::from_bytes(key);
+            let (_, mut e) = decode_entry(&c.spec.aggregates, v)?;
+            e.size = e.measure(&c.spec.aggregates, &key);
+            self.mem_bytes += e.size;
+            let b = &mut self.buckets[sl];
+            if e.flags & F_PENDING != 0 {
+                b.pending += 1;
+            }
+            b.entries.insert(HKey { hash, key }, e);
+        } else {
+            self.buckets[sl].evicted += 1;
+        }
+        Ok(())
+    }
+
+    pub fn fill_stats(&self, stats: &mut OperatorStats) {
+        for &sl in self.index.values() {
+            let b = &self.buckets[sl as usize];
+            stats.entries_in_memory += b.entries.len() as u64;
+            stats.entries_evicted += b.evicted;
+        }
+        stats.open_windows = stats.entries_in_memory + stats.entries_evicted;
+    }
+}
+
+fn encode_entry(aggs: &Aggregates, hash: u64, en: &Entry) -> Vec<u8> {
+    let mut v = Vec::with_capacity(32);
+    v.push(layout::VERSION);
+    v.push(en.flags & STORED_FLAGS);
+    v.extend_from_slice(&hash.to_be_bytes());
+    layout::put_encoded(&mut v, |b| aggs.encode(&en.acc, b));
+    let partials = en.partials.as_deref().map_or(&[][..], |p| &p[..]);
+    let n = partials.len().min(u16::MAX as usize);
+    v.extend_from_slice(&(n as u16).to_be_bytes());
+    for (first, a) in &partials[..n] {
+        v.extend_from_slice(&first.to_be_bytes());
+        layout::put_encoded(&mut v, |b| aggs.encode(a, b));
+    }
+    v
+}
+
+fn stored_hash(v: &[u8]) -> Result<u64, StateError> {
+    let mut r = Reader::new(v, Table::Windows);
+    r.version()?;
+    r.u8()?;
+    r.u64()
+}
+
+/// Decodes a stored entry (clean, persisted) and its key hash.
+fn decode_entry(aggs: &Aggregates, v: &[u8]) -> Result<(u64, Entry), StateError> {
+    let mut r = Reader::new(v, Table::Windows);
+    r.version()?;
+    let flags = r.u8()? & STORED_FLAGS;
+    let hash = r.u64()?;
+    let acc = aggs
+        .decode(r.bytes()?)
+        .map_err(|e| acc_error(Table::Windows, e))?;
+    let n = r.u16()?;
+    let mut partials = Vec::new();
+    for _ in 0..n {
+        let first = r.i64()?;
+        let a = aggs
+            .decode(r.bytes()?)
+            .map_err(|e| acc_error(Table::Windows, e))?;
+        partials.push((first, a));
+    }
+    r.finish()?;
+    let mut e = Entry::new(acc);
+    e.flags = flags | F_PERSISTED;
+    if !partials.is_empty() {
+        e.partials = Some(Box::new(partials));
+    }
+    Ok((hash, e))
+}
