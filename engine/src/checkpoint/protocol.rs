@@ -1083,6 +1083,9 @@ mod tests {
 
     // ---- crash simulation on RocksDB -----------------------------------------------------------
 
+    /// What a recovery re-committed: the staged outputs of one epoch.
+    type StagedOutputs = Vec<(String, Vec<u8>)>;
+
     /// The step after which the simulated worker dies.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     enum CrashAfter {
@@ -1122,7 +1125,7 @@ mod tests {
     /// the epoch it resumed after (None on fresh).
     fn recover(
         store: &RocksStateStore,
-        recommitted: &mut Vec<(Epoch, Vec<(String, Vec<u8>)>)>,
+        recommitted: &mut Vec<(Epoch, StagedOutputs)>,
     ) -> Option<Epoch> {
         let progress = read_progress(store).unwrap();
         match decide_recovery(&progress).unwrap() {

@@ -18,7 +18,8 @@ use super::JobError;
 /// What the coordinator knows of one source task.
 pub(crate) struct SourceHandle {
     pub control: Sender<SourceControl>,
-    pub pipeline: String,
+    /// The source's name: positions are stored per source partition.
+    pub source: String,
     pub partition_id: String,
 }
 
@@ -136,7 +137,7 @@ impl Coordinator {
             if let Some(handle) = self.sources.get(ack.task) {
                 batch.put(
                     Table::Positions,
-                    position_key(&handle.pipeline, &handle.partition_id),
+                    position_key(&handle.source, &handle.partition_id),
                     ack.checkpoint.encode(),
                 );
             }

@@ -12,6 +12,7 @@ use crate::checkpoint::{
     decide_recovery, next_epoch, read_positions, read_progress, read_staged, write_committed,
     RecoveryDecision,
 };
+use crate::event::FieldSlots;
 use crate::state::{RocksStateStore, StateBatch, StateStore};
 use crate::time::PartitionWatermark;
 use crate::topology::{SinkSpec, SourceSpec, Topology};
@@ -23,7 +24,7 @@ use super::plan::PipelinePlan;
 use super::shard_task::ShardTask;
 use super::sink::{Sink, SinkError};
 use super::source::{DecodeContext, SourceError, SourcePartition};
-use super::source_task::SourceTask;
+use super::source_task::{Route, SourceTask};
 use super::staging::{SinkIndex, Staging};
 use super::JobError;
 
@@ -124,21 +125,39 @@ impl Job {
         let mut source_tasks = Vec::new();
         let mut shard_tasks = Vec::new();
         let mut handles = Vec::new();
-        for (name, spec) in &topology.pipelines {
-            let plan = PipelinePlan::compile(topology, name, spec, shards, budget)
-                .map_err(|e| JobError::Config(format!("pipelines.{name}: {e}")))?;
-            let plan = Arc::new(plan);
-            let source_spec = topology
-                .sources
-                .get(&spec.source)
-                .ok_or_else(|| JobError::Config(format!("pipelines.{name}.source: source `{}` is not defined", spec.source)))?;
+        let resolve = |n: &String| sink_index.get(n.as_str()).copied();
+        for (source_name, source_spec) in &topology.sources {
+            let pipelines: Vec<_> = topology
+                .pipelines
+                .iter()
+                .filter(|(_, p)| &p.source == source_name)
+                .collect();
+            if pipelines.is_empty() {
+                continue;
+            }
+            // Records of a source are decoded once, with the fields of all its pipelines.
+            let mut slots = FieldSlots::default();
+            let mut plans = Vec::with_capacity(pipelines.len());
+            for (name, spec) in &pipelines {
+                let plan = PipelinePlan::compile(topology, name, spec, &mut slots, shards, budget)
+                    .map_err(|e| JobError::Config(format!("pipelines.{name}: {e}")))?;
+                plans.push(plan);
+            }
+            let slots = Arc::new(slots);
+            let plans: Vec<Arc<PipelinePlan>> = plans
+                .into_iter()
+                .map(|mut p| {
+                    p.set_slots(slots.clone());
+                    Arc::new(p)
+                })
+                .collect();
             let ctx = DecodeContext {
-                source_name: spec.source.as_str().into(),
-                slots: plan.slots.clone(),
+                source_name: source_name.as_str().into(),
+                slots,
                 event_time: source_spec.event_time.clone(),
             };
-            let mut partitions = connectors.open_source(&spec.source, source_spec, &ctx)?;
-            let positions = read_positions(store.as_ref(), name)?;
+            let mut partitions = connectors.open_source(source_name, source_spec, &ctx)?;
+            let positions = read_positions(store.as_ref(), source_name)?;
             let mut watermarks = Vec::with_capacity(partitions.len());
             for partition in partitions.iter_mut() {
                 let mut wm = PartitionWatermark::new(&source_spec.watermark);
@@ -151,49 +170,52 @@ impl Job {
                 watermarks.push(wm);
             }
 
-            let resolve = |n: &String| sink_index.get(n.as_str()).copied();
-            let result_sinks: Vec<SinkIndex> = plan.sinks.iter().filter_map(resolve).collect();
-            let late_sink = plan.late_output.as_ref().and_then(resolve);
-            let dead_letter = source_spec.dead_letter.as_ref().and_then(resolve);
-
-            // One channel per (partition, shard): each shard sees each partition's order.
-            let mut shard_inputs: Vec<Vec<_>> = (0..shards).map(|_| Vec::new()).collect();
-            let mut partition_outputs: Vec<Vec<_>> = (0..partitions.len()).map(|_| Vec::new()).collect();
-            for outputs in partition_outputs.iter_mut() {
-                for inputs in shard_inputs.iter_mut() {
-                    let (tx, rx) = bounded(CHANNEL_BATCHES);
-                    outputs.push(tx);
-                    inputs.push(rx);
+            // Per pipeline, one channel per (partition, shard): each shard sees each partition's
+            // records in order.
+            let mut routes: Vec<Vec<Route>> = (0..partitions.len()).map(|_| Vec::new()).collect();
+            for plan in &plans {
+                let result_sinks: Vec<SinkIndex> = plan.sinks.iter().filter_map(resolve).collect();
+                let late_sink = plan.late_output.as_ref().and_then(resolve);
+                let mut shard_inputs: Vec<Vec<_>> = (0..shards).map(|_| Vec::new()).collect();
+                for partition_routes in routes.iter_mut() {
+                    let mut outputs = Vec::with_capacity(shards as usize);
+                    for inputs in shard_inputs.iter_mut() {
+                        let (tx, rx) = bounded(CHANNEL_BATCHES);
+                        outputs.push(tx);
+                        inputs.push(rx);
+                    }
+                    partition_routes.push(Route::new(plan.clone(), outputs));
+                }
+                for (shard, inputs) in shard_inputs.into_iter().enumerate() {
+                    let mut op_spec = plan.operator.clone();
+                    op_spec.shard = shard as u32;
+                    let operator = WindowOperator::new(op_spec, store.clone())?;
+                    shard_tasks.push(ShardTask {
+                        task: shard_tasks.len(),
+                        operator,
+                        inputs,
+                        staging: Staging::new(sinks.iter().map(|s| s.encoder()).collect()),
+                        result_sinks: result_sinks.clone(),
+                        late_sink,
+                        coordinator: coord_tx.clone(),
+                        metrics: metrics.clone(),
+                    });
                 }
             }
-            for (shard, inputs) in shard_inputs.into_iter().enumerate() {
-                let mut op_spec = plan.operator.clone();
-                op_spec.shard = shard as u32;
-                let operator = WindowOperator::new(op_spec, store.clone())?;
-                shard_tasks.push(ShardTask {
-                    task: shard_tasks.len(),
-                    operator,
-                    inputs,
-                    staging: Staging::new(sinks.iter().map(|s| s.encoder()).collect()),
-                    result_sinks: result_sinks.clone(),
-                    late_sink,
-                    coordinator: coord_tx.clone(),
-                    metrics: metrics.clone(),
-                });
-            }
-            for ((partition, watermark), outputs) in partitions.into_iter().zip(watermarks).zip(partition_outputs) {
+            let dead_letter = source_spec.dead_letter.as_ref().and_then(resolve);
+            for ((partition, watermark), routes) in partitions.into_iter().zip(watermarks).zip(routes) {
                 let (control_tx, control_rx) = unbounded();
                 handles.push(SourceHandle {
                     control: control_tx,
-                    pipeline: name.clone(),
+                    source: source_name.clone(),
                     partition_id: partition.id().to_string(),
                 });
                 source_tasks.push(SourceTask {
                     task: source_tasks.len(),
-                    plan: plan.clone(),
+                    source: source_name.clone(),
+                    routes,
                     partition,
                     watermark,
-                    shards: outputs,
                     staging: Staging::new(sinks.iter().map(|s| s.encoder()).collect()),
                     dead_letter,
                     control: control_rx,

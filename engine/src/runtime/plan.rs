@@ -28,7 +28,7 @@ enum Requirement {
 
 /// A pipeline compiled for execution.
 pub(crate) struct PipelinePlan {
-    pub source: String,
+    pub name: String,
     pub slots: Arc<FieldSlots>,
     pub steps: Vec<Step>,
     pub key_slots: Vec<usize>,
@@ -48,15 +48,16 @@ pub(crate) enum Rejection {
 
 impl PipelinePlan {
     /// Compiles pipeline `name` of `topology` for a worker with `shards` shards and a share of
-    /// the memory budget.
+    /// the memory budget. `slots` is shared by every pipeline of the same source (records are
+    /// decoded once for all of them); call [`PipelinePlan::set_slots`] once all are compiled.
     pub fn compile(
         topology: &Topology,
         name: &str,
         spec: &PipelineSpec,
+        slots: &mut FieldSlots,
         shards: u32,
         memory_budget_bytes: usize,
     ) -> Result<PipelinePlan, ExprError> {
-        let mut slots = FieldSlots::default();
         let key_slots: Vec<usize> = spec.key_by.iter().map(|f| slots.slot(f)).collect();
         let mut requirements: Vec<(usize, Requirement)> = key_slots
             .iter()
@@ -118,7 +119,7 @@ impl PipelinePlan {
             Some(src) => Some(Arc::new(ResultPredicate::compile(src)?)),
             None => None,
         };
-        let slots = Arc::new(slots);
+        let slots = Arc::new(slots.clone());
         let operator = WindowOperatorSpec {
             operator_id: format!("{}/{}", topology.name, name).into(),
             schema,
@@ -137,7 +138,7 @@ impl PipelinePlan {
             memory_budget_bytes,
         };
         Ok(PipelinePlan {
-            source: spec.source.clone(),
+            name: name.to_string(),
             slots,
             steps,
             key_slots,
@@ -146,6 +147,12 @@ impl PipelinePlan {
             sinks: spec.sinks.clone(),
             late_output: spec.late_output.clone(),
         })
+    }
+
+    /// Sets the final slots of the pipeline's source.
+    pub fn set_slots(&mut self, slots: Arc<FieldSlots>) {
+        self.operator.slots = slots.clone();
+        self.slots = slots;
     }
 
     /// Runs the steps and checks on `record`; on success returns its key.

@@ -21,12 +21,70 @@ use super::wall_clock_ms;
 /// Records per poll and per shard batch.
 const BATCH: usize = 1024;
 
+/// One pipeline fed by a source task: its plan and a channel to each of its shards.
+pub(crate) struct Route {
+    pub plan: Arc<PipelinePlan>,
+    pub shards: Vec<Sender<ShardMessage>>,
+    /// Records waiting to be sent, per shard.
+    pending: Vec<Vec<KeyedRecord>>,
+}
+
+impl Route {
+    pub fn new(plan: Arc<PipelinePlan>, shards: Vec<Sender<ShardMessage>>) -> Self {
+        let pending = shards.iter().map(|_| Vec::new()).collect();
+        Route {
+            plan,
+            shards,
+            pending,
+        }
+    }
+
+    fn send(&self, shard: usize, msg: ShardMessage) -> Result<(), SourceError> {
+        match self.shards.get(shard) {
+            Some(tx) => tx
+                .send(msg)
+                .map_err(|_| SourceError::Fatal("shard task is gone".into())),
+            None => Ok(()),
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), SourceError> {
+        for shard in 0..self.pending.len() {
+            if !self.pending[shard].is_empty() {
+                let full = std::mem::replace(&mut self.pending[shard], Vec::with_capacity(BATCH));
+                self.send(shard, ShardMessage::Records(full))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn broadcast(&self, msg: &ShardMessage) -> Result<(), SourceError> {
+        for shard in 0..self.shards.len() {
+            self.send(shard, clone_control(msg))?;
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, record: KeyedRecord) -> Result<(), SourceError> {
+        let shard = (record.key_hash % self.shards.len().max(1) as u64) as usize;
+        if let Some(buf) = self.pending.get_mut(shard) {
+            buf.push(record);
+            if buf.len() >= BATCH {
+                let full = std::mem::replace(buf, Vec::with_capacity(BATCH));
+                self.send(shard, ShardMessage::Records(full))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads one partition of a source for every pipeline that uses the source.
 pub(crate) struct SourceTask {
     pub task: usize,
-    pub plan: Arc<PipelinePlan>,
+    pub source: String,
+    pub routes: Vec<Route>,
     pub partition: Box<dyn SourcePartition>,
     pub watermark: PartitionWatermark,
-    pub shards: Vec<Sender<ShardMessage>>,
     pub staging: Staging,
     pub dead_letter: Option<SinkIndex>,
     pub control: Receiver<SourceControl>,
@@ -40,15 +98,13 @@ impl SourceTask {
         if let Err(e) = self.run_inner() {
             let _ = self.coordinator.send(CoordMessage::Failed(format!(
                 "source `{}` partition `{}`: {e}",
-                self.plan.source,
+                self.source,
                 self.partition.id()
             )));
         }
     }
 
     fn run_inner(&mut self) -> Result<(), SourceError> {
-        let shard_count = self.shards.len().max(1) as u64;
-        let mut pending: Vec<Vec<KeyedRecord>> = (0..self.shards.len()).map(|_| Vec::new()).collect();
         let mut batch = SourceBatch::default();
         let mut ended = false;
         let mut idle = false;
@@ -73,7 +129,7 @@ impl SourceTask {
                 match msg {
                     SourceControl::Stop => return Ok(()),
                     SourceControl::Barrier(epoch) => {
-                        self.flush(&mut pending)?;
+                        self.flush()?;
                         self.broadcast(ShardMessage::Barrier(epoch))?;
                         let position = self.partition.position();
                         in_flight.push_back((epoch, position.clone()));
@@ -130,26 +186,39 @@ impl SourceTask {
             }
             JobMetrics::add(&self.metrics.events_in, (batch.records.len() + batch.dead_letters.len()) as u64);
             let mut dead = std::mem::take(&mut batch.dead_letters);
-            for mut record in batch.records.drain(..) {
+            let last_route = self.routes.len().saturating_sub(1);
+            for record in batch.records.drain(..) {
                 let partition_watermark = self.watermark.watermark();
                 if let Admission::FutureSkew { ahead_ms } = self.watermark.observe(record.time, now) {
-                    dead.push(self.reject(&record, format!("event time is {ahead_ms} ms ahead of the wall clock (max_future_skew)")));
+                    let reason = format!("event time is {ahead_ms} ms ahead of the wall clock (max_future_skew)");
+                    dead.push(self.reject(None, &record, reason));
                     continue;
                 }
-                match self.plan.prepare(&mut record) {
-                    Ok(key) => {
-                        let key_hash = key.stable_hash();
-                        let shard = (key_hash % shard_count) as usize;
-                        if let Some(buf) = pending.get_mut(shard) {
-                            buf.push(KeyedRecord { key, key_hash, record, partition_watermark });
-                            if buf.len() >= BATCH {
-                                let full = std::mem::replace(buf, Vec::with_capacity(BATCH));
-                                self.send(shard, ShardMessage::Records(full))?;
-                            }
+                // Each pipeline gets its own copy: steps may rewrite fields.
+                let mut record = Some(record);
+                for r in 0..self.routes.len() {
+                    let mut rec = if r == last_route {
+                        match record.take() {
+                            Some(rec) => rec,
+                            None => break,
+                        }
+                    } else {
+                        match record.as_ref() {
+                            Some(rec) => rec.clone(),
+                            None => break,
+                        }
+                    };
+                    match self.routes[r].plan.prepare(&mut rec) {
+                        Ok(key) => {
+                            let key_hash = key.stable_hash();
+                            self.routes[r].push(KeyedRecord { key, key_hash, record: rec, partition_watermark })?;
+                        }
+                        Err(Rejection::Filtered) => JobMetrics::add(&self.metrics.events_filtered, 1),
+                        Err(Rejection::Invalid(reason)) => {
+                            let pipeline = self.routes[r].plan.name.clone();
+                            dead.push(self.reject(Some(&pipeline), &rec, reason));
                         }
                     }
-                    Err(Rejection::Filtered) => JobMetrics::add(&self.metrics.events_filtered, 1),
-                    Err(Rejection::Invalid(reason)) => dead.push(self.reject(&record, reason)),
                 }
             }
             self.dead_letters(dead);
@@ -157,7 +226,7 @@ impl SourceTask {
             match status {
                 PollStatus::Data => {}
                 PollStatus::Idle => {
-                    self.flush(&mut pending)?;
+                    self.flush()?;
                     if !idle && self.watermark.is_idle(now) {
                         idle = true;
                         self.broadcast(ShardMessage::Idle(true))?;
@@ -167,7 +236,7 @@ impl SourceTask {
                     }
                 }
                 PollStatus::End => {
-                    self.flush(&mut pending)?;
+                    self.flush()?;
                     self.watermark.mark_ended();
                     ended = true;
                     let _ = self.coordinator.send(CoordMessage::SourceEnded(self.task));
@@ -176,17 +245,25 @@ impl SourceTask {
             let wm = self.watermark.watermark();
             if wm > sent_watermark {
                 // Records before the watermark must reach the shards first.
-                self.flush(&mut pending)?;
+                self.flush()?;
                 sent_watermark = wm;
                 self.broadcast(ShardMessage::Watermark(wm))?;
             }
         }
     }
 
-    fn reject(&self, record: &crate::event::Record, error: String) -> DeadLetter {
-        let fields: serde_json::Map<String, serde_json::Value> = self
-            .plan
-            .slots
+    fn reject(&self, pipeline: Option<&str>, record: &crate::event::Record, error: String) -> DeadLetter {
+        let slots = match self.routes.first() {
+            Some(r) => &r.plan.slots,
+            None => return DeadLetter {
+                source: self.source.as_str().into(),
+                partition: self.partition.id().into(),
+                offset: String::new().into(),
+                raw: Vec::new(),
+                error,
+            },
+        };
+        let fields: serde_json::Map<String, serde_json::Value> = slots
             .names()
             .iter()
             .zip(record.fields.iter())
@@ -195,11 +272,15 @@ impl SourceTask {
         let mut raw = serde_json::to_vec(&fields).unwrap_or_default();
         raw.extend_from_slice(format!(" (event_time {})", record.time).as_bytes());
         DeadLetter {
-            source: self.plan.source.as_str().into(),
+            source: self.source.as_str().into(),
             partition: self.partition.id().into(),
-            offset: format!("{:?}", self.partition.position()).into(),
+            // Records are decoded a batch at a time; this is the position after the batch.
+            offset: format!("before {}", hex(&self.partition.position())).into(),
             raw,
-            error,
+            error: match pipeline {
+                Some(p) => format!("pipeline `{p}`: {error}"),
+                None => error,
+            },
         }
     }
 
@@ -219,40 +300,17 @@ impl SourceTask {
         }
     }
 
-    fn flush(&mut self, pending: &mut [Vec<KeyedRecord>]) -> Result<(), SourceError> {
-        for (shard, buf) in pending.iter_mut().enumerate() {
-            if !buf.is_empty() {
-                let full = std::mem::replace(buf, Vec::with_capacity(BATCH));
-                self.send(shard, ShardMessage::Records(full))?;
-            }
-        }
-        Ok(())
-    }
-
-    fn send(&self, shard: usize, msg: ShardMessage) -> Result<(), SourceError> {
-        match self.shards.get(shard) {
-            Some(tx) => tx
-                .send(msg)
-                .map_err(|_| SourceError::Fatal("shard task is gone".into())),
-            None => Ok(()),
-        }
+    fn flush(&mut self) -> Result<(), SourceError> {
+        self.routes.iter_mut().try_for_each(Route::flush)
     }
 
     fn broadcast(&self, msg: ShardMessage) -> Result<(), SourceError> {
-        let n = self.shards.len();
-        let mut msg = Some(msg);
-        for shard in 0..n {
-            let m = if shard + 1 == n {
-                msg.take()
-            } else {
-                msg.as_ref().map(clone_control)
-            };
-            if let Some(m) = m {
-                self.send(shard, m)?;
-            }
-        }
-        Ok(())
+        self.routes.iter().try_for_each(|r| r.broadcast(&msg))
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn clone_control(msg: &ShardMessage) -> ShardMessage {

@@ -12,9 +12,9 @@ use serde_yaml::{Mapping, Value};
 
 use super::env::{display_path, interpolate, key_text, Substitution};
 use super::{
-    AggregateConfig, AggregateFunction, CheckpointConfig, ComputeSpec, ConfigIssue, ConnectorCatalog, Duration,
-    EmitMode, EmitSpec, EventTimeSpec, ParallelismConfig, PipelineSpec, SinkSpec, SourceSpec,
-    StateConfig, StepSpec, Topology, WatermarkConfig, WindowSpec,
+    AggregateConfig, AggregateFunction, CheckpointConfig, ComputeSpec, ConfigIssue,
+    ConnectorCatalog, Duration, EmitMode, EmitSpec, EventTimeSpec, ParallelismConfig, PipelineSpec,
+    SinkSpec, SourceSpec, StateConfig, StepSpec, Topology, WatermarkConfig, WindowSpec,
 };
 use crate::expr::{RecordExpr, ResultPredicate};
 
@@ -660,7 +660,10 @@ impl Loader {
                 );
                 return None;
             }
-            Value::Tagged(t) => (t.tag.to_string().trim_start_matches('!').to_owned(), &t.value),
+            Value::Tagged(t) => (
+                t.tag.to_string().trim_start_matches('!').to_owned(),
+                &t.value,
+            ),
             other => {
                 self.issue(path, format!("{EXPECTED}, found {}", kind(other)));
                 return None;

@@ -165,14 +165,54 @@ pub struct PipelineSpec {
     pub late_output: Option<String>,
 }
 
-/// A record-level step.
+/// A record-level step: a single-key map, `{filter: EXPR}` or `{compute: {name, expr}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[serde(try_from = "StepRepr", into = "StepRepr")]
+#[schemars(with = "StepRepr")]
 pub enum StepSpec {
     /// Keep only records for which this CEL expression is true.
     Filter(String),
     /// Add (or replace) a field computed by a CEL expression.
     Compute(ComputeSpec),
+}
+
+/// The YAML form of a step: exactly one of its keys is set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StepRepr {
+    /// Keep only records for which this CEL expression is true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+    /// Add (or replace) a field computed by a CEL expression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute: Option<ComputeSpec>,
+}
+
+impl TryFrom<StepRepr> for StepSpec {
+    type Error = String;
+
+    fn try_from(repr: StepRepr) -> Result<Self, String> {
+        match (repr.filter, repr.compute) {
+            (Some(f), None) => Ok(StepSpec::Filter(f)),
+            (None, Some(c)) => Ok(StepSpec::Compute(c)),
+            _ => Err("a step has exactly one key: `filter` or `compute`".into()),
+        }
+    }
+}
+
+impl From<StepSpec> for StepRepr {
+    fn from(step: StepSpec) -> Self {
+        match step {
+            StepSpec::Filter(f) => StepRepr {
+                filter: Some(f),
+                compute: None,
+            },
+            StepSpec::Compute(c) => StepRepr {
+                filter: None,
+                compute: Some(c),
+            },
+        }
+    }
 }
 
 /// A computed field.

@@ -49,6 +49,8 @@ struct Entry {
     acc: Accumulators,
     /// Records that were late for the pane's first windows, by the first window they count
     /// for (rare: only sliding windows, for records behind their partition's watermark).
+    /// Boxed so the common entry pays one pointer for it, not a whole `Vec`.
+    #[allow(clippy::box_collection)]
     partials: Option<Box<Vec<(i64, Accumulators)>>>,
     flags: u8,
     /// Snapshot epoch of the last update.
