@@ -952,8 +952,23 @@ fn csv_field_text<'a>(
     field: &CsvField,
     scratch: &'a mut Vec<u8>,
 ) -> Result<&'a str, DecodeError> {
+    let bytes = csv_field_bytes(row, field, scratch);
+    csv_utf8(bytes, field)
+}
+
+fn csv_utf8<'a>(bytes: &'a [u8], field: &CsvField) -> Result<&'a str, DecodeError> {
+    std::str::from_utf8(bytes).map_err(|e| {
+        DecodeError(format!(
+            "invalid UTF-8 at byte {} of the row",
+            field.start + e.valid_up_to()
+        ))
+    })
+}
+
+/// The bytes of a CSV field, unescaping `""` into `scratch` when needed.
+fn csv_field_bytes<'a>(row: &'a [u8], field: &CsvField, scratch: &'a mut Vec<u8>) -> &'a [u8] {
     let raw = row.get(field.start..field.end).unwrap_or(&[]);
-    let bytes: &[u8] = if field.escaped {
+    if field.escaped {
         scratch.clear();
         let mut k = 0;
         while let Some(&b) = raw.get(k) {
@@ -964,29 +979,36 @@ fn csv_field_text<'a>(
         scratch
     } else {
         raw
-    };
-    std::str::from_utf8(bytes).map_err(|e| {
-        DecodeError(format!(
-            "invalid UTF-8 at byte {} of the row",
-            field.start + e.valid_up_to()
-        ))
-    })
+    }
 }
 
-/// Infers a CSV field's type from its text.
-fn infer_csv_value(text: &str, quoted: bool) -> Value {
-    if text.is_empty() {
-        return if quoted {
-            Value::Str(CompactString::default())
-        } else {
-            Value::Null
-        };
-    }
-    match text {
-        "true" => return Value::Bool(true),
-        "false" => return Value::Bool(false),
+/// Infers a CSV field's type from its bytes. Numbers in JSON syntax (the common case) are
+/// parsed straight from the bytes; other text goes through [`infer_csv_text`].
+fn infer_csv_value(bytes: &[u8], field: &CsvField) -> Result<Value, DecodeError> {
+    match bytes {
+        b"" if field.quoted => return Ok(Value::Str(CompactString::default())),
+        b"" => return Ok(Value::Null),
+        b"true" => return Ok(Value::Bool(true)),
+        b"false" => return Ok(Value::Bool(false)),
         _ => {}
     }
+    let unsigned = match bytes {
+        [b'+', rest @ ..] if rest.first().is_some_and(u8::is_ascii_digit) => rest,
+        _ => bytes,
+    };
+    if let Some(b'0'..=b'9' | b'-') = unsigned.first() {
+        let mut p = Parser::new(unsigned);
+        if let Ok(v) = p.number_value() {
+            if p.pos == unsigned.len() {
+                return Ok(v);
+            }
+        }
+    }
+    Ok(infer_csv_text(csv_utf8(bytes, field)?))
+}
+
+/// Infers the type of a non-empty CSV field that is not a plain JSON-syntax number.
+fn infer_csv_text(text: &str) -> Value {
     let b = text.as_bytes();
     let digits_from = usize::from(matches!(b.first(), Some(b'-' | b'+')));
     let rest = b.get(digits_from..).unwrap_or(&[]);
@@ -1085,8 +1107,8 @@ impl CsvDecoder {
                 Some(t) if t.slot.is_some() || t.is_time => *t,
                 _ => return Ok(()),
             };
-            let text = csv_field_text(row, field, scratch)?;
-            let value = infer_csv_value(text, field.quoted);
+            let bytes = csv_field_bytes(row, field, scratch);
+            let value = infer_csv_value(bytes, field)?;
             match target.slot {
                 Some(s) => {
                     if let Some(f) = fields.get_mut(s) {
@@ -2108,6 +2130,13 @@ mod tests {
                     }
                     _ => prop_assert!(got.is_err()),
                 }
+            }
+
+            #[test]
+            fn csv_number_fast_path_agrees_with_text_inference(text in "[-+0-9.eE]{1,24}") {
+                let field = CsvField { start: 0, end: text.len(), quoted: false, escaped: false };
+                let fast = infer_csv_value(text.as_bytes(), &field).unwrap();
+                prop_assert_eq!(fast, infer_csv_text(&text), "{}", text);
             }
 
             #[test]

@@ -56,7 +56,10 @@ fn compile_program(source: &str) -> Result<(Program, Vec<String>), ExprError> {
         let parts: Vec<String> = errors
             .errors
             .iter()
-            .map(|e| format!("{}:{}: {}", e.pos.0, e.pos.1, e.msg))
+            .map(|e| {
+                let msg = e.msg.strip_prefix("Syntax error: ").unwrap_or(&e.msg);
+                format!("{}:{}: {msg}", e.pos.0, e.pos.1)
+            })
             .collect();
         ExprError(format!("syntax error at {}", parts.join("; ")))
     })?;

@@ -151,6 +151,11 @@ impl PipelinePlan {
 
     /// Sets the final slots of the pipeline's source.
     pub fn set_slots(&mut self, slots: Arc<FieldSlots>) {
+        for step in self.steps.iter_mut() {
+            match step {
+                Step::Filter(expr) | Step::Compute { expr, .. } => expr.bind(&slots),
+            }
+        }
         self.operator.slots = slots.clone();
         self.slots = slots;
     }

@@ -86,11 +86,7 @@ impl ShardTask {
             if ready_inputs.is_empty() && connected.iter().all(|c| !c) {
                 return Ok(());
             }
-            let op = match select.select_timeout(PROCESSING_TICK) {
-                Ok(op) => Some(op),
-                Err(_) => None,
-            };
-            if let Some(op) = op {
+            if let Ok(op) = select.select_timeout(PROCESSING_TICK) {
                 let idx = op.index();
                 let input = ready_inputs[idx];
                 match op.recv(&inputs[input]) {
