@@ -60,12 +60,13 @@ fn golden(name: &str) {
                 let started = std::time::Instant::now();
                 run_to_end(&topology_file, &["--shards", "1"]);
                 straight_ms = started.elapsed().as_millis() as u64;
+                eprintln!("{name}: straight run took {straight_ms} ms");
             }
             "killed" => {
                 // Kill at random moments within the first 80% of a straight run's time; each
                 // restart redoes at least the work since the last checkpoint.
                 let upper = (straight_ms * 8 / 10).max(40);
-                let kills: Vec<u64> = (0..3).map(|_| rng.random_range(upper / 8..upper)).collect();
+                let kills: Vec<u64> = (0..3).map(|_| rng.random_range(upper / 10..upper / 2)).collect();
                 let hits = run_with_kills(&topology_file, &kills, &["--shards", "1"]);
                 assert!(hits > 0, "{name}: no kill landed while the job was running");
             }
