@@ -40,6 +40,9 @@ pub struct BenchArgs {
     /// Checkpoint interval of the runs.
     #[arg(long, default_value = "1s")]
     pub checkpoint_interval: String,
+    /// `state.memory_budget` of the runs (hot window state; the rest is evicted to RocksDB).
+    #[arg(long, default_value = "512MiB")]
+    pub memory_budget: String,
     /// Working directory (input, state, outputs).
     #[arg(long, default_value = "./data/bench")]
     pub dir: PathBuf,
@@ -119,13 +122,14 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
              pipelines:\n  q:\n    source: input\n    key_by: [key]\n    window: {window}\n    \
              aggregates: {aggregates}\n    sinks: [out]\n\
              sinks:\n  out: {{type: file, path: {out}}}\n\
-             state: {{dir: {state}}}\n\
+             state: {{dir: {state}, memory_budget: {budget}}}\n\
              checkpoint: {{interval: {interval}}}\n",
             input = input.display(),
             format = if csv { "csv" } else { "jsonl" },
             out = run_dir.join("results.jsonl").display(),
             state = run_dir.join("state").display(),
             interval = args.checkpoint_interval,
+            budget = args.memory_budget,
         );
         let yaml = run_dir.join("topology.yaml");
         fs::write(&yaml, topology)?;
@@ -165,10 +169,11 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
 
     println!(
-        "\n{} events, {} keys, {} input, {}",
+        "\n{} events, {} keys, {} input, memory budget {}, {}",
         args.events,
         args.keys,
         if csv { "CSV" } else { "JSONL" },
+        args.memory_budget,
         match cpu {
             Some(c) => format!("pinned to CPU {c}"),
             None => "all cores".into(),

@@ -97,7 +97,8 @@ impl TopN {
 
     /// Adds `other`'s counts.
     pub fn merge(&mut self, other: &TopN) {
-        self.counts.reserve(other.counts.len());
+        // No `reserve(other.len())`: partials of one key mostly share values, and reserving
+        // for the sum would rehash large maps on every merge.
         for (k, &c) in &other.counts {
             match self.counts.get_mut(k) {
                 Some(mine) => *mine = mine.wrapping_add(c),

@@ -339,7 +339,7 @@ pub enum AggregateFunction {
     First,
     /// Value of the latest event (by event time; ties by the larger value).
     Last,
-    /// Approximate number of distinct values (HyperLogLog, ~1.6% standard error).
+    /// Approximate number of distinct values (HyperLogLog, ~0.8% standard error).
     CountDistinct,
     /// Approximate quantile `q` (relative-error sketch, 1%).
     Percentile,

@@ -24,6 +24,15 @@ fn clamp(x: i128) -> i64 {
     x.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
 }
 
+/// `⌊(x − y) / d⌋ + 1`, in `i64` when nothing overflows (the hot path), else in `i128`.
+#[inline]
+fn first_after(x: i64, y: i64, d: i64) -> i64 {
+    match x.checked_sub(y) {
+        Some(v) => v.div_euclid(d).saturating_add(1),
+        None => clamp((i128::from(x) - i128::from(y)).div_euclid(i128::from(d)) + 1),
+    }
+}
+
 fn gcd(mut a: i64, mut b: i64) -> i64 {
     while b != 0 {
         let r = a % b;
@@ -52,8 +61,12 @@ impl Geometry {
     }
 
     /// Start of the pane holding `t`.
+    #[inline]
     pub fn pane_start(&self, t: Timestamp) -> Timestamp {
-        clamp(i128::from(t.div_euclid(self.pane)) * i128::from(self.pane))
+        let p = self.pane;
+        t.div_euclid(p)
+            .checked_mul(p)
+            .unwrap_or_else(|| clamp(i128::from(t.div_euclid(p)) * i128::from(p)))
     }
 
     /// End of the pane starting at `start`.
@@ -62,13 +75,20 @@ impl Geometry {
     }
 
     /// Start of window `j`.
+    #[inline]
     pub fn start(&self, j: i64) -> Timestamp {
-        clamp(i128::from(j) * i128::from(self.slide))
+        j.checked_mul(self.slide)
+            .unwrap_or_else(|| clamp(i128::from(j) * i128::from(self.slide)))
     }
 
     /// End (exclusive) of window `j`.
+    #[inline]
     pub fn end(&self, j: i64) -> Timestamp {
-        clamp(i128::from(j) * i128::from(self.slide) + i128::from(self.size))
+        j.checked_mul(self.slide)
+            .and_then(|s| s.checked_add(self.size))
+            .unwrap_or_else(|| {
+                clamp(i128::from(j) * i128::from(self.slide) + i128::from(self.size))
+            })
     }
 
     /// Purge time of window `j`: its end plus the allowed lateness.
@@ -86,18 +106,23 @@ impl Geometry {
     }
 
     /// The first window whose end is greater than `x`.
+    #[inline]
     pub fn first_end_after(&self, x: Timestamp) -> i64 {
-        clamp((i128::from(x) - i128::from(self.size)).div_euclid(i128::from(self.slide)) + 1)
+        first_after(x, self.size, self.slide)
     }
 
     /// The first window whose purge time is greater than `x`: the first window a record seen
     /// at watermark `x` is not late for.
+    #[inline]
     pub fn first_purge_after(&self, x: Timestamp) -> i64 {
-        clamp(
-            (i128::from(x) - i128::from(self.size) - i128::from(self.lateness))
-                .div_euclid(i128::from(self.slide))
-                + 1,
-        )
+        match self.size.checked_add(self.lateness) {
+            Some(y) => first_after(x, y, self.slide),
+            None => clamp(
+                (i128::from(x) - i128::from(self.size) - i128::from(self.lateness))
+                    .div_euclid(i128::from(self.slide))
+                    + 1,
+            ),
+        }
     }
 
     /// When the pane starting at `start` can be dropped: the purge time of its last window.

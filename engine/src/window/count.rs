@@ -61,12 +61,25 @@ struct Group {
     acc: Accumulators,
 }
 
-#[derive(Default)]
 struct KeyCount {
     buffer: Vec<Record>,
     group: Option<Group>,
     dirty: bool,
     persisted: bool,
+    /// The earliest timer queued for this key, at or before every buffered time (`MAX`: none).
+    timer_at: Timestamp,
+}
+
+impl Default for KeyCount {
+    fn default() -> Self {
+        KeyCount {
+            buffer: Vec::new(),
+            group: None,
+            dirty: false,
+            persisted: false,
+            timer_at: Timestamp::MAX,
+        }
+    }
 }
 
 /// Count-window state of one shard.
@@ -107,7 +120,10 @@ impl Counts {
             key: rec.key,
         };
         let kc = self.keys.entry(hk.clone()).or_default();
-        self.timers.push(Reverse((t, hk.key.clone(), hk.hash)));
+        if t < kc.timer_at {
+            kc.timer_at = t;
+            self.timers.push(Reverse((t, hk.key.clone(), hk.hash)));
+        }
         kc.buffer.push(rec.record);
         if !kc.dirty {
             kc.dirty = true;
@@ -188,6 +204,18 @@ impl Counts {
             }
             if kc.dirty {
                 self.dirty_keys.push(hk.clone());
+            }
+            let next = kc
+                .buffer
+                .iter()
+                .map(|r| r.time)
+                .min()
+                .unwrap_or(MAX_TIMESTAMP);
+            if kc.timer_at <= w || next < kc.timer_at {
+                kc.timer_at = next;
+                if next < MAX_TIMESTAMP {
+                    self.timers.push(Reverse((next, hk.key.clone(), hk.hash)));
+                }
             }
             self.keys.insert(hk, kc);
         }
@@ -283,8 +311,9 @@ impl Counts {
             buffer.push(r.record()?);
         }
         r.finish()?;
-        for rec in &buffer {
-            self.timers.push(Reverse((rec.time, key.clone(), hash)));
+        let timer_at = buffer.iter().map(|r| r.time).min().unwrap_or(MAX_TIMESTAMP);
+        if timer_at < MAX_TIMESTAMP {
+            self.timers.push(Reverse((timer_at, key.clone(), hash)));
         }
         self.keys.insert(
             HKey { hash, key },
@@ -293,6 +322,7 @@ impl Counts {
                 group,
                 dirty: false,
                 persisted: true,
+                timer_at,
             },
         );
         Ok(())

@@ -2,9 +2,10 @@
 //! touches them. All sessions stay in memory (they are bounded by the keys active within
 //! gap + lateness); every key's list is one value in [`Table::Sessions`].
 //!
-//! Timers are a min-heap of (due time, key) with lazy deletion: a session that grows pushes a
-//! new entry and stale ones are recognised when popped, because a watermark step `(prev, w]`
-//! acts only on sessions whose fire or purge time lies inside it.
+//! Timers are a min-heap of (due time, key) holding about one entry per key: a key is queued
+//! at the earliest time one of its sessions fires or is purged, and re-queued when woken.
+//! Stale entries are harmless, because a watermark step `(prev, w]` acts only on sessions whose
+//! fire or purge time lies inside it.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -26,7 +27,6 @@ struct Session {
     pending: bool,
 }
 
-#[derive(Default)]
 struct KeySessions {
     /// Sorted by start, disjoint and not touching.
     sessions: Vec<Session>,
@@ -34,6 +34,21 @@ struct KeySessions {
     persisted: bool,
     /// Listed in `pending_keys`.
     listed_pending: bool,
+    /// The earliest timer queued for this key; every session's next due time is at or after
+    /// it, so one timer per key suffices (`MAX`: none).
+    timer_at: Timestamp,
+}
+
+impl Default for KeySessions {
+    fn default() -> Self {
+        KeySessions {
+            sessions: Vec::new(),
+            dirty: false,
+            persisted: false,
+            listed_pending: false,
+            timer_at: Timestamp::MAX,
+        }
+    }
 }
 
 /// Session state of one shard.
@@ -66,6 +81,16 @@ impl Sessions {
         self.fire_time(s).saturating_add(c.lateness)
     }
 
+    /// When a session next needs the watermark: its fire time, or its purge time once fired.
+    fn next_due(&self, c: &Common, s: &Session, w: Timestamp) -> Timestamp {
+        let fire = self.fire_time(s);
+        if fire > w {
+            fire
+        } else {
+            self.purge_time(c, s)
+        }
+    }
+
     pub fn process(
         &mut self,
         c: &mut Common,
@@ -96,20 +121,15 @@ impl Sessions {
         // Sessions touching [t, t + gap]: start ≤ t + gap and t ≤ end.
         let first = ks.sessions.partition_point(|s| s.end < t);
         let mut last = first;
-        let mut old_end = None;
         while last < ks.sessions.len() && ks.sessions[last].start <= new.end {
             let s = &ks.sessions[last];
             new.start = new.start.min(s.start);
-            if s.end >= new.end {
-                old_end = Some(s.end);
-            }
             new.end = new.end.max(s.end);
             aggs.merge(&mut new.acc, &s.acc);
             new.pending |= s.pending;
             last += 1;
         }
         ks.sessions.drain(first..last);
-        let grew = old_end.is_none();
         let fire = new.end.saturating_add(gap);
         let fired = fire <= w;
         let change = c.on_change(fired);
@@ -122,12 +142,13 @@ impl Sessions {
         }
         let emit = (change == OnChange::Emit)
             .then(|| c.result(hk.key.clone(), new.start, new.end, &new.acc, false));
-        if grew {
-            let due = if fired {
-                fire.saturating_add(c.lateness)
-            } else {
-                fire
-            };
+        let due = if fired {
+            fire.saturating_add(c.lateness)
+        } else {
+            fire
+        };
+        if due < ks.timer_at {
+            ks.timer_at = due;
             self.timers.push(Reverse((due, hk.key.clone(), hk.hash)));
         }
         ks.sessions.insert(first, new);
@@ -179,12 +200,21 @@ impl Sessions {
                     ks.dirty = true;
                     continue;
                 }
-                if fires {
-                    self.timers.push(Reverse((purge, hk.key.clone(), hk.hash)));
-                }
                 kept.push(s);
             }
             ks.sessions = kept;
+            let next = ks
+                .sessions
+                .iter()
+                .map(|s| self.next_due(c, s, w))
+                .min()
+                .unwrap_or(Timestamp::MAX);
+            if ks.timer_at <= w || next < ks.timer_at {
+                ks.timer_at = next;
+                if next < Timestamp::MAX {
+                    self.timers.push(Reverse((next, hk.key.clone(), hk.hash)));
+                }
+            }
             self.put_back(c, hk, ks);
         }
     }
@@ -309,14 +339,15 @@ impl Sessions {
         r.finish()?;
         let w = c.watermark;
         let hk = HKey { hash, key };
-        for s in &ks.sessions {
-            let fire = self.fire_time(s);
-            let due = if fire > w {
-                fire
-            } else {
-                self.purge_time(c, s)
-            };
-            self.timers.push(Reverse((due, hk.key.clone(), hash)));
+        ks.timer_at = ks
+            .sessions
+            .iter()
+            .map(|s| self.next_due(c, s, w))
+            .min()
+            .unwrap_or(Timestamp::MAX);
+        if ks.timer_at < Timestamp::MAX {
+            self.timers
+                .push(Reverse((ks.timer_at, hk.key.clone(), hash)));
         }
         if ks.sessions.iter().any(|s| s.pending) {
             ks.listed_pending = true;
