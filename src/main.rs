@@ -53,7 +53,10 @@ fn main() -> ExitCode {
         Command::Bench(args) => commands::bench::bench(args),
         Command::Schema => {
             let schema = weir_engine::topology::json_schema();
-            println!("{}", serde_json::to_string_pretty(&schema).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&schema).unwrap_or_default()
+            );
             Ok(ExitCode::SUCCESS)
         }
     };

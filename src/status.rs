@@ -12,7 +12,11 @@ use weir_engine::runtime::{JobMetrics, MetricsSnapshot};
 /// Starts the reporter; it exits once `done` is set.
 pub fn spawn(metrics: Arc<JobMetrics>, done: Arc<AtomicBool>, live: bool) -> JoinHandle<()> {
     std::thread::spawn(move || {
-        let tick = if live { Duration::from_secs(1) } else { Duration::from_secs(10) };
+        let tick = if live {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(10)
+        };
         let mut last = metrics.snapshot();
         let mut last_at = Instant::now();
         while !done.load(Ordering::Relaxed) {

@@ -55,7 +55,10 @@ state: {dir: "DIR/state"}
     }
     assert!(err.contains("nowhere"), "{err}");
     assert!(err.contains("5 minutes"), "{err}");
-    assert!(!dir.path().join("state").exists(), "validate must not start anything");
+    assert!(
+        !dir.path().join("state").exists(),
+        "validate must not start anything"
+    );
 
     // `run` refuses the same file the same way, before any I/O.
     let out = weir().arg("run").arg(&file).output().unwrap();
@@ -67,5 +70,9 @@ state: {dir: "DIR/state"}
 fn the_default_topology_is_valid() {
     let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("topology.yaml");
     let out = weir().arg("validate").arg(&file).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -63,7 +63,11 @@ fn one_million_events_survive_five_kills() {
     let straight_dir = root.path().join("straight");
     fs::create_dir_all(&straight_dir).unwrap();
     let straight_file = straight_dir.join("topology.yaml");
-    fs::write(&straight_file, instantiate(TOPOLOGY, &straight_dir, &inputs)).unwrap();
+    fs::write(
+        &straight_file,
+        instantiate(TOPOLOGY, &straight_dir, &inputs),
+    )
+    .unwrap();
     let started = Instant::now();
     run_to_end(&straight_file, &[]);
     let straight_ms = started.elapsed().as_millis() as u64;
@@ -79,7 +83,10 @@ fn one_million_events_survive_five_kills() {
     let upper = (straight_ms * 15 / 100).max(50);
     let kills: Vec<u64> = (0..5).map(|_| rng.random_range(upper / 5..upper)).collect();
     let hits = run_with_kills(&topology_file, &kills, &[]);
-    assert!(hits >= 3, "only {hits} of 5 kills hit a running job (straight run: {straight_ms} ms)");
+    assert!(
+        hits >= 3,
+        "only {hits} of 5 kills hit a running job (straight run: {straight_ms} ms)"
+    );
 
     let topology = load(&text);
     let expected = expected(&topology, "counts", &inputs);
@@ -89,9 +96,21 @@ fn one_million_events_survive_five_kills() {
         *expected_lines.entry(line).or_insert(0usize) += 1;
     }
     let actual_lines = line_multiset(&dir.join("results.jsonl"));
-    let missing: Vec<_> = expected_lines.keys().filter(|l| !actual_lines.contains_key(*l)).take(5).collect();
-    let extra: Vec<_> = actual_lines.keys().filter(|l| !expected_lines.contains_key(*l)).take(5).collect();
-    let twice: Vec<_> = actual_lines.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    let missing: Vec<_> = expected_lines
+        .keys()
+        .filter(|l| !actual_lines.contains_key(*l))
+        .take(5)
+        .collect();
+    let extra: Vec<_> = actual_lines
+        .keys()
+        .filter(|l| !expected_lines.contains_key(*l))
+        .take(5)
+        .collect();
+    let twice: Vec<_> = actual_lines
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .take(5)
+        .collect();
     assert!(
         actual_lines == expected_lines,
         "results differ from the oracle: {} lines vs {} expected; missing {missing:?}; extra {extra:?}; duplicated {twice:?}",
@@ -99,8 +118,20 @@ fn one_million_events_survive_five_kills() {
         expected_lines.len()
     );
     // The straight run produced the same file content.
-    assert_eq!(line_multiset(&straight_dir.join("results.jsonl")), actual_lines);
-    assert_eq!(read_json_lines(&dir.join("late.jsonl")).len(), expected.late);
-    assert_eq!(read_json_lines(&dir.join("dead.jsonl")).len(), expected.rejected);
-    assert_eq!(line_multiset(&dir.join("late.jsonl")), line_multiset(&straight_dir.join("late.jsonl")));
+    assert_eq!(
+        line_multiset(&straight_dir.join("results.jsonl")),
+        actual_lines
+    );
+    assert_eq!(
+        read_json_lines(&dir.join("late.jsonl")).len(),
+        expected.late
+    );
+    assert_eq!(
+        read_json_lines(&dir.join("dead.jsonl")).len(),
+        expected.rejected
+    );
+    assert_eq!(
+        line_multiset(&dir.join("late.jsonl")),
+        line_multiset(&straight_dir.join("late.jsonl"))
+    );
 }

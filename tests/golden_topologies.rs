@@ -53,7 +53,10 @@ fn golden(name: &str) {
         fs::write(&topology_file, &text).unwrap();
         let topology = load(&text);
         let expected = expected(&topology, "golden", &inputs);
-        assert!(!expected.results.is_empty(), "{name}: the oracle expects no result");
+        assert!(
+            !expected.results.is_empty(),
+            "{name}: the oracle expects no result"
+        );
 
         match way {
             "straight" => {
@@ -66,7 +69,9 @@ fn golden(name: &str) {
                 // Kill at random moments within the first 80% of a straight run's time; each
                 // restart redoes at least the work since the last checkpoint.
                 let upper = (straight_ms * 8 / 10).max(40);
-                let kills: Vec<u64> = (0..3).map(|_| rng.random_range(upper / 10..upper / 2)).collect();
+                let kills: Vec<u64> = (0..3)
+                    .map(|_| rng.random_range(upper / 10..upper / 2))
+                    .collect();
                 let hits = run_with_kills(&topology_file, &kills, &["--shards", "1"]);
                 assert!(hits > 0, "{name}: no kill landed while the job was running");
             }
@@ -75,7 +80,10 @@ fn golden(name: &str) {
         let results = dir.join("results.jsonl");
         let actual = actual_finals(&results, &expected.schema);
         assert_same_results(&actual, &expected.results, &format!("{name} ({way})"));
-        if !matches!(topology.pipelines["golden"].window, WindowSpec::Session { .. }) {
+        if !matches!(
+            topology.pipelines["golden"].window,
+            WindowSpec::Session { .. }
+        ) {
             // Fixed windows: the last result of each window (final or not) is the final one.
             let last = actual_last(&results, &expected.schema);
             assert_same_results(&last, &expected.results, &format!("{name} ({way}, last)"));
@@ -87,8 +95,14 @@ fn golden(name: &str) {
         assert_eq!(dead, expected.rejected, "{name} ({way}): dead letters");
         all_results.push(actual);
     }
-    assert_eq!(all_results[0], all_results[1], "{name}: killed run differs from straight");
-    assert_eq!(all_results[0], all_results[2], "{name}: partitioned run differs from straight");
+    assert_eq!(
+        all_results[0], all_results[1],
+        "{name}: killed run differs from straight"
+    );
+    assert_eq!(
+        all_results[0], all_results[2],
+        "{name}: partitioned run differs from straight"
+    );
 }
 
 #[test]

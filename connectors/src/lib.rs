@@ -65,9 +65,13 @@ impl ConnectorCatalog for Registry {
         let prefix = format!("sources.{name}");
         let result: Result<(), Vec<ConfigIssue>> = match spec.kind.as_str() {
             #[cfg(feature = "file")]
-            "file" => file::source::FileSourceConfig::from_options(&prefix, &spec.options).map(drop),
+            "file" => {
+                file::source::FileSourceConfig::from_options(&prefix, &spec.options).map(drop)
+            }
             #[cfg(feature = "generator")]
-            "generator" => generator::GeneratorConfig::from_options(&prefix, &spec.options).map(drop),
+            "generator" => {
+                generator::GeneratorConfig::from_options(&prefix, &spec.options).map(drop)
+            }
             other => Err(vec![ConfigIssue {
                 path: format!("{prefix}.type"),
                 message: format!(
@@ -130,7 +134,12 @@ impl Connectors for Registry {
         }
     }
 
-    fn open_sink(&self, _job: &str, name: &str, spec: &SinkSpec) -> Result<Box<dyn Sink>, SinkError> {
+    fn open_sink(
+        &self,
+        _job: &str,
+        name: &str,
+        spec: &SinkSpec,
+    ) -> Result<Box<dyn Sink>, SinkError> {
         let prefix = format!("sinks.{name}");
         match spec.kind.as_str() {
             "console" => {

@@ -62,7 +62,10 @@ struct QueryRun {
 pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let cpu = match args.cpu.as_str() {
         "none" | "all" => None,
-        n => Some(n.parse::<usize>().context("--cpu takes a CPU number or `none`")?),
+        n => Some(
+            n.parse::<usize>()
+                .context("--cpu takes a CPU number or `none`")?,
+        ),
     };
     if let Some(cpu) = cpu {
         super::pin_to_cpu(cpu)?;
@@ -76,7 +79,11 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         if csv { "csv" } else { "jsonl" }
     ));
     if !input.exists() {
-        eprintln!("generating {} events into {} ...", args.events, input.display());
+        eprintln!(
+            "generating {} events into {} ...",
+            args.events,
+            input.display()
+        );
         let config = GeneratorConfig {
             shape: Shape::Bench,
             count: Some(args.events),
@@ -87,20 +94,35 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         };
         let tmp = input.with_extension("tmp");
         let mut out = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
-        let format = if csv { OutputFormat::Csv } else { OutputFormat::Jsonl };
+        let format = if csv {
+            OutputFormat::Csv
+        } else {
+            OutputFormat::Jsonl
+        };
         write_events(&config, format, &mut out)?;
         out.flush()?;
         fs::rename(&tmp, &input)?;
     }
 
     let baseline = parse_baseline(&input, csv)?;
-    eprintln!("baseline (read + parse only, one thread): {}", rate(baseline));
+    eprintln!(
+        "baseline (read + parse only, one thread): {}",
+        rate(baseline)
+    );
 
     let mut runs = Vec::new();
-    for query in args.queries.split(',').map(str::trim).filter(|q| !q.is_empty()) {
+    for query in args
+        .queries
+        .split(',')
+        .map(str::trim)
+        .filter(|q| !q.is_empty())
+    {
         let (name, window): (&'static str, &str) = match query {
             "tumbling" => ("tumbling 1m count/sum/avg", "{type: tumbling, size: 1m}"),
-            "sliding" => ("sliding 5m every 1m count", "{type: sliding, size: 5m, slide: 1m}"),
+            "sliding" => (
+                "sliding 5m every 1m count",
+                "{type: sliding, size: 5m, slide: 1m}",
+            ),
             "session" => ("session 30s gap count", "{type: session, gap: 30s}"),
             other => bail!("unknown query `{other}` (tumbling, sliding, session)"),
         };
@@ -136,7 +158,8 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         eprintln!("running {name} ...");
         let exe = std::env::current_exe()?;
         let mut cmd = Command::new(exe);
-        cmd.args(["run", "--no-status", "--summary-json"]).arg(&yaml);
+        cmd.args(["run", "--no-status", "--summary-json"])
+            .arg(&yaml);
         if cpu.is_some() {
             cmd.args(["--shards", "1"]);
         }

@@ -103,7 +103,8 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     let config = args.config();
     let written = match &args.out {
         Some(path) => {
-            let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+            let file =
+                File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
             let mut out = BufWriter::with_capacity(1 << 20, file);
             let n = write_events(&config, args.output_format(), &mut out)?;
             out.flush()?;

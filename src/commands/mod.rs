@@ -14,6 +14,10 @@ pub fn pin_to_cpu(cpu: usize) -> anyhow::Result<()> {
         libc::CPU_SET(cpu, &mut set);
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
     };
-    anyhow::ensure!(rc == 0, "cannot pin to CPU {cpu}: {}", std::io::Error::last_os_error());
+    anyhow::ensure!(
+        rc == 0,
+        "cannot pin to CPU {cpu}: {}",
+        std::io::Error::last_os_error()
+    );
     Ok(())
 }

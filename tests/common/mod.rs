@@ -54,7 +54,10 @@ pub fn split_lines(input: &Path, parts: usize) -> Vec<PathBuf> {
 
 /// Fills a topology template: `@DIR@` becomes `dir`, `@PATHS@` the YAML list of `inputs`.
 pub fn instantiate(template: &str, dir: &Path, inputs: &[PathBuf]) -> String {
-    let paths: Vec<String> = inputs.iter().map(|p| format!("\"{}\"", p.display())).collect();
+    let paths: Vec<String> = inputs
+        .iter()
+        .map(|p| format!("\"{}\"", p.display()))
+        .collect();
     template
         .replace("@DIR@", &dir.display().to_string())
         .replace("@PATHS@", &format!("[{}]", paths.join(", ")))
@@ -105,19 +108,23 @@ pub fn run_with_kills(topology_file: &Path, kills: &[u64], extra: &[&str]) -> us
     for &delay in kills {
         let mut child = spawn_run(topology_file, extra);
         let started = Instant::now();
-        let mut finished = false;
-        while started.elapsed() < Duration::from_millis(delay) {
-            if let Some(status) = child.try_wait().unwrap() {
-                assert!(status.success(), "weir run failed before it was killed: {status}");
-                finished = true;
-                break;
-            }
+        let mut exited = None;
+        while exited.is_none() && started.elapsed() < Duration::from_millis(delay) {
+            exited = child.try_wait().unwrap();
             std::thread::sleep(Duration::from_millis(5));
         }
-        if !finished {
+        if exited.is_none() {
             child.kill().unwrap(); // SIGKILL
-            let _ = child.wait();
-            hits += 1;
+        }
+        let status = child.wait().unwrap();
+        match exited {
+            Some(status) => assert!(
+                status.success(),
+                "weir run failed before it was killed: {status}"
+            ),
+            // It may have finished just before the signal.
+            None if status.success() => {}
+            None => hits += 1,
         }
     }
     run_to_end(topology_file, extra);
@@ -194,7 +201,11 @@ pub fn expected(topology: &Topology, pipeline: &str, inputs: &[PathBuf]) -> Expe
     let schema = Arc::new(ResultSchema {
         pipeline: pipeline.into(),
         key_fields: spec.key_by.iter().map(|k| k.as_str().into()).collect(),
-        aggregate_names: spec.aggregates.iter().map(|a| a.name.as_str().into()).collect(),
+        aggregate_names: spec
+            .aggregates
+            .iter()
+            .map(|a| a.name.as_str().into())
+            .collect(),
     });
     let slots = Arc::new(slots);
     let ctx = DecodeContext {
@@ -238,7 +249,10 @@ pub fn expected(topology: &Topology, pipeline: &str, inputs: &[PathBuf]) -> Expe
             }
             let key_missing = key_slots.iter().any(|&s| record.fields[s] == Value::Null);
             let not_numeric = numeric.iter().any(|&s| {
-                !matches!(record.fields[s], Value::Null | Value::Int(_) | Value::Float(_))
+                !matches!(
+                    record.fields[s],
+                    Value::Null | Value::Int(_) | Value::Float(_)
+                )
             });
             if key_missing || not_numeric {
                 rejected += 1;
@@ -274,7 +288,12 @@ pub fn actual_finals(path: &Path, schema: &ResultSchema) -> ResultMap {
         .filter(|v| v["is_final"] == serde_json::Value::Bool(true))
         .collect();
     let map = oracle::last_results_from_json(finals.iter(), schema);
-    assert_eq!(map.len(), finals.len(), "a window has more than one final result in {}", path.display());
+    assert_eq!(
+        map.len(),
+        finals.len(),
+        "a window has more than one final result in {}",
+        path.display()
+    );
     map
 }
 
@@ -303,7 +322,10 @@ pub fn assert_same_results(actual: &ResultMap, expected: &ResultMap, what: &str)
     }
     for (k, v) in actual {
         if !expected.contains_key(k) {
-            diffs.push(format!("unexpected {}", serde_json::Value::Object(v.clone())));
+            diffs.push(format!(
+                "unexpected {}",
+                serde_json::Value::Object(v.clone())
+            ));
         }
     }
     let total = diffs.len();

@@ -74,7 +74,10 @@ impl FileSink {
     fn read_fence(&self) -> Result<Option<Fence>, SinkError> {
         match fs::read(&self.fence_path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                SinkError::Fatal(format!("corrupt fence file {}: {e}", self.fence_path.display()))
+                SinkError::Fatal(format!(
+                    "corrupt fence file {}: {e}",
+                    self.fence_path.display()
+                ))
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_error("read", &self.fence_path, e)),
@@ -87,7 +90,8 @@ impl FileSink {
         let tmp = PathBuf::from(tmp);
         let bytes = serde_json::to_vec(&fence).map_err(|e| SinkError::Fatal(e.to_string()))?;
         let mut f = File::create(&tmp).map_err(|e| io_error("create", &tmp, e))?;
-        f.write_all(&bytes).map_err(|e| io_error("write", &tmp, e))?;
+        f.write_all(&bytes)
+            .map_err(|e| io_error("write", &tmp, e))?;
         f.sync_all().map_err(|e| io_error("sync", &tmp, e))?;
         fs::rename(&tmp, &self.fence_path).map_err(|e| io_error("rename", &tmp, e))?;
         sync_parent(&self.fence_path)
@@ -165,7 +169,8 @@ impl Sink for FileSink {
                     .write(true)
                     .open(&self.path)
                     .map_err(|e| io_error("open", &self.path, e))?;
-                f.set_len(length).map_err(|e| io_error("truncate", &self.path, e))?;
+                f.set_len(length)
+                    .map_err(|e| io_error("truncate", &self.path, e))?;
                 f.sync_all().map_err(|e| io_error("sync", &self.path, e))?;
             }
             Some(len) if len < length => {
@@ -200,9 +205,11 @@ impl Sink for FileSink {
             .len();
         if current != length {
             // A failed earlier attempt at this epoch left a partial write.
-            f.set_len(length).map_err(|e| io_error("truncate", &self.path, e))?;
+            f.set_len(length)
+                .map_err(|e| io_error("truncate", &self.path, e))?;
         }
-        f.write_all(staged).map_err(|e| io_error("write", &self.path, e))?;
+        f.write_all(staged)
+            .map_err(|e| io_error("write", &self.path, e))?;
         f.sync_data().map_err(|e| io_error("sync", &self.path, e))?;
         if length == 0 {
             sync_parent(&self.path)?;

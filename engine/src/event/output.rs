@@ -46,7 +46,12 @@ impl WindowResult {
         }
         obj.insert("window_start".into(), self.window_start.into());
         obj.insert("window_end".into(), self.window_end.into());
-        for (name, v) in self.schema.aggregate_names.iter().zip(self.aggregates.iter()) {
+        for (name, v) in self
+            .schema
+            .aggregate_names
+            .iter()
+            .zip(self.aggregates.iter())
+        {
             obj.insert(name.to_string(), v.clone());
         }
         obj.insert("is_final".into(), self.is_final.into());

@@ -44,7 +44,8 @@ pub trait Connectors {
     ) -> Result<Vec<Box<dyn SourcePartition>>, SourceError>;
 
     /// Opens sink `name` of job `job` (the job name scopes its fences).
-    fn open_sink(&self, job: &str, name: &str, spec: &SinkSpec) -> Result<Box<dyn Sink>, SinkError>;
+    fn open_sink(&self, job: &str, name: &str, spec: &SinkSpec)
+        -> Result<Box<dyn Sink>, SinkError>;
 }
 
 /// Options that do not come from the topology.
@@ -80,13 +81,18 @@ impl Job {
     /// epoch that was prepared but not confirmed is committed again from its staged outputs
     /// (sink fences make that a no-op where it already landed), and every partition is moved
     /// to its stored position and watermark.
-    pub fn build(topology: &Topology, connectors: &dyn Connectors, options: JobOptions) -> Result<Job, JobError> {
+    pub fn build(
+        topology: &Topology,
+        connectors: &dyn Connectors,
+        options: JobOptions,
+    ) -> Result<Job, JobError> {
         let shards = options
             .shards
             .or(topology.parallelism.shards)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32))
             .max(1);
-        let store: Arc<dyn StateStore> = Arc::new(RocksStateStore::open(Path::new(&topology.state.dir))?);
+        let store: Arc<dyn StateStore> =
+            Arc::new(RocksStateStore::open(Path::new(&topology.state.dir))?);
         let metrics = Arc::new(JobMetrics::default());
 
         let mut sinks: Vec<Box<dyn Sink>> = Vec::with_capacity(topology.sinks.len());
@@ -102,8 +108,12 @@ impl Job {
             sink.recover(progress.committed)?;
         }
         if let RecoveryDecision::RecommitThenResume { epoch } = decision {
-            tracing::info!(epoch, "re-committing an epoch that was prepared before the last stop");
-            let staged: HashMap<String, Vec<u8>> = read_staged(store.as_ref(), epoch)?.into_iter().collect();
+            tracing::info!(
+                epoch,
+                "re-committing an epoch that was prepared before the last stop"
+            );
+            let staged: HashMap<String, Vec<u8>> =
+                read_staged(store.as_ref(), epoch)?.into_iter().collect();
             for sink in sinks.iter_mut() {
                 let bytes = staged.get(sink.name()).map(Vec::as_slice).unwrap_or(&[]);
                 commit_with_retry(sink.as_mut(), epoch, bytes, &options.stop, &metrics)?;
@@ -164,7 +174,10 @@ impl Job {
                 if let Some(cp) = positions.get(partition.id()) {
                     partition.seek(&cp.position)?;
                     wm.restore(&cp.watermark).map_err(|e| {
-                        JobError::Recovery(format!("watermark of partition `{}`: {e}", partition.id()))
+                        JobError::Recovery(format!(
+                            "watermark of partition `{}`: {e}",
+                            partition.id()
+                        ))
                     })?;
                 }
                 watermarks.push(wm);
@@ -203,7 +216,9 @@ impl Job {
                 }
             }
             let dead_letter = source_spec.dead_letter.as_ref().and_then(resolve);
-            for ((partition, watermark), routes) in partitions.into_iter().zip(watermarks).zip(routes) {
+            for ((partition, watermark), routes) in
+                partitions.into_iter().zip(watermarks).zip(routes)
+            {
                 let (control_tx, control_rx) = unbounded();
                 handles.push(SourceHandle {
                     control: control_tx,
@@ -286,7 +301,10 @@ impl Job {
     }
 }
 
-fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<std::thread::JoinHandle<()>, JobError> {
+fn spawn(
+    name: String,
+    f: impl FnOnce() + Send + 'static,
+) -> Result<std::thread::JoinHandle<()>, JobError> {
     std::thread::Builder::new()
         .name(name)
         .spawn(f)

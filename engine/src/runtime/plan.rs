@@ -113,7 +113,11 @@ impl PipelinePlan {
         let schema = Arc::new(ResultSchema {
             pipeline: name.into(),
             key_fields: spec.key_by.iter().map(|k| k.as_str().into()).collect(),
-            aggregate_names: spec.aggregates.iter().map(|a| a.name.as_str().into()).collect(),
+            aggregate_names: spec
+                .aggregates
+                .iter()
+                .map(|a| a.name.as_str().into())
+                .collect(),
         });
         let having = match &spec.having {
             Some(src) => Some(Arc::new(ResultPredicate::compile(src)?)),
@@ -198,7 +202,12 @@ impl PipelinePlan {
                 }
             };
             if !ok {
-                let name = self.slots.names().get(slot).map(|n| n.as_str()).unwrap_or("?");
+                let name = self
+                    .slots
+                    .names()
+                    .get(slot)
+                    .map(|n| n.as_str())
+                    .unwrap_or("?");
                 return Err(Rejection::Invalid(match req {
                     Requirement::Present => format!("missing key field `{name}`"),
                     Requirement::NumericOrNull => {

@@ -35,9 +35,10 @@ impl ShardTask {
     /// Runs until every input is disconnected. Errors are reported to the coordinator.
     pub fn run(mut self) {
         if let Err(e) = self.run_inner() {
-            let _ = self
-                .coordinator
-                .send(CoordMessage::Failed(format!("shard task {}: {e}", self.task)));
+            let _ = self.coordinator.send(CoordMessage::Failed(format!(
+                "shard task {}: {e}",
+                self.task
+            )));
         }
     }
 

@@ -79,8 +79,11 @@ pub trait SourcePartition: Send {
     fn seek(&mut self, position: &[u8]) -> Result<(), SourceError>;
 
     /// Reads up to `max_records` records into `out`.
-    fn poll(&mut self, out: &mut SourceBatch, max_records: usize)
-        -> Result<PollStatus, SourceError>;
+    fn poll(
+        &mut self,
+        out: &mut SourceBatch,
+        max_records: usize,
+    ) -> Result<PollStatus, SourceError>;
 
     /// The position just past the last record returned.
     fn position(&self) -> Vec<u8>;

@@ -115,7 +115,11 @@ impl SourceTask {
 
         loop {
             // Control first: a barrier goes out at a record boundary, after everything read so far.
-            let wait = if ended || idle { Duration::from_millis(20) } else { Duration::ZERO };
+            let wait = if ended || idle {
+                Duration::from_millis(20)
+            } else {
+                Duration::ZERO
+            };
             let msg = if wait.is_zero() {
                 self.control.try_recv().ok()
             } else {
@@ -184,13 +188,19 @@ impl SourceTask {
                 idle = false;
                 self.broadcast(ShardMessage::Idle(false))?;
             }
-            JobMetrics::add(&self.metrics.events_in, (batch.records.len() + batch.dead_letters.len()) as u64);
+            JobMetrics::add(
+                &self.metrics.events_in,
+                (batch.records.len() + batch.dead_letters.len()) as u64,
+            );
             let mut dead = std::mem::take(&mut batch.dead_letters);
             let last_route = self.routes.len().saturating_sub(1);
             for record in batch.records.drain(..) {
                 let partition_watermark = self.watermark.watermark();
-                if let Admission::FutureSkew { ahead_ms } = self.watermark.observe(record.time, now) {
-                    let reason = format!("event time is {ahead_ms} ms ahead of the wall clock (max_future_skew)");
+                if let Admission::FutureSkew { ahead_ms } = self.watermark.observe(record.time, now)
+                {
+                    let reason = format!(
+                        "event time is {ahead_ms} ms ahead of the wall clock (max_future_skew)"
+                    );
                     dead.push(self.reject(None, &record, reason));
                     continue;
                 }
@@ -211,9 +221,16 @@ impl SourceTask {
                     match self.routes[r].plan.prepare(&mut rec) {
                         Ok(key) => {
                             let key_hash = key.stable_hash();
-                            self.routes[r].push(KeyedRecord { key, key_hash, record: rec, partition_watermark })?;
+                            self.routes[r].push(KeyedRecord {
+                                key,
+                                key_hash,
+                                record: rec,
+                                partition_watermark,
+                            })?;
                         }
-                        Err(Rejection::Filtered) => JobMetrics::add(&self.metrics.events_filtered, 1),
+                        Err(Rejection::Filtered) => {
+                            JobMetrics::add(&self.metrics.events_filtered, 1)
+                        }
                         Err(Rejection::Invalid(reason)) => {
                             let pipeline = self.routes[r].plan.name.clone();
                             dead.push(self.reject(Some(&pipeline), &rec, reason));
@@ -252,16 +269,23 @@ impl SourceTask {
         }
     }
 
-    fn reject(&self, pipeline: Option<&str>, record: &crate::event::Record, error: String) -> DeadLetter {
+    fn reject(
+        &self,
+        pipeline: Option<&str>,
+        record: &crate::event::Record,
+        error: String,
+    ) -> DeadLetter {
         let slots = match self.routes.first() {
             Some(r) => &r.plan.slots,
-            None => return DeadLetter {
-                source: self.source.as_str().into(),
-                partition: self.partition.id().into(),
-                offset: String::new().into(),
-                raw: Vec::new(),
-                error,
-            },
+            None => {
+                return DeadLetter {
+                    source: self.source.as_str().into(),
+                    partition: self.partition.id().into(),
+                    offset: String::new().into(),
+                    raw: Vec::new(),
+                    error,
+                }
+            }
         };
         let fields: serde_json::Map<String, serde_json::Value> = slots
             .names()

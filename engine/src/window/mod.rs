@@ -18,7 +18,8 @@
 //! - **Sliding(S, D)**: windows `[kD, kD+S)`; `t` is in every window with `kD ≤ t < kD+S`.
 //!   State is kept per *pane* of width `P = gcd(S, D)`, so an event touches one pane; a
 //!   window's result merges its `S/P` panes. Tumbling is the case `D = S`. A pane is dropped
-//!   when the last window containing it is purged.
+//!   when the last window containing it is purged. (Should a slide exceed the size, events
+//!   between two windows belong to none and are ignored, not counted as late.)
 //! - **Session(G)**: event `t` opens `[t, t+G)`; sessions of a key that intersect or touch
 //!   (`next.start ≤ cur.end`) merge; a session's end is its last event time `+ G`.
 //! - **Count(N)**: per key, groups of `N` events in event-time order, ties broken by a total
