@@ -31,7 +31,8 @@ pub struct BenchArgs {
     /// Input format.
     #[arg(long, value_enum, default_value = "csv")]
     pub format: super::generate::FormatArg,
-    /// Queries to run, comma-separated: tumbling, sliding, session.
+    /// Queries to run, comma-separated: tumbling, sliding, session, wide (a 1-day window that
+    /// keeps every key live, for the memory budget).
     #[arg(long, default_value = "tumbling,sliding,session")]
     pub queries: String,
     /// Pin everything to this CPU (one core); `--cpu none` uses every core.
@@ -124,7 +125,9 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 "{type: sliding, size: 5m, slide: 1m}",
             ),
             "session" => ("session 30s gap count", "{type: session, gap: 30s}"),
-            other => bail!("unknown query `{other}` (tumbling, sliding, session)"),
+            // Every key stays live until the end of input: the memory-budget case.
+            "wide" => ("tumbling 1d count (all live)", "{type: tumbling, size: 1d}"),
+            other => bail!("unknown query `{other}` (tumbling, sliding, session, wide)"),
         };
         let aggregates = if query == "tumbling" {
             "[{name: n, fn: count}, {name: total, fn: sum, field: value}, {name: mean, fn: avg, field: value}]"
