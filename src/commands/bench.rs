@@ -226,6 +226,9 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Decodes one line into its event time (`None` if it is rejected).
+type DecodeTime = dyn FnMut(&[u8]) -> Option<i64>;
+
 /// Reads and decodes every line of `input` on one thread; returns records per second.
 fn parse_baseline(input: &Path, csv: bool) -> anyhow::Result<f64> {
     let mut slots = FieldSlots::default();
@@ -243,32 +246,24 @@ fn parse_baseline(input: &Path, csv: bool) -> anyhow::Result<f64> {
     let started = Instant::now();
     let mut reader = BufReader::with_capacity(1 << 20, File::open(input)?);
     let mut line = Vec::with_capacity(256);
-    let mut count = 0u64;
-    let mut checksum = 0i64;
-    if csv {
+    let mut decode: Box<DecodeTime> = if csv {
         reader.read_until(b'\n', &mut line)?;
         let mut decoder = CsvDecoder::new(&ctx, trim_newline(&line))?;
-        loop {
-            line.clear();
-            if reader.read_until(b'\n', &mut line)? == 0 {
-                break;
-            }
-            if let Ok(r) = decoder.decode(trim_newline(&line)) {
-                checksum = checksum.wrapping_add(r.time);
-                count += 1;
-            }
-        }
+        Box::new(move |l| decoder.decode(l).ok().map(|r| r.time))
     } else {
         let mut decoder = JsonDecoder::new(&ctx);
-        loop {
-            line.clear();
-            if reader.read_until(b'\n', &mut line)? == 0 {
-                break;
-            }
-            if let Ok(r) = decoder.decode(trim_newline(&line)) {
-                checksum = checksum.wrapping_add(r.time);
-                count += 1;
-            }
+        Box::new(move |l| decoder.decode(l).ok().map(|r| r.time))
+    };
+    let mut count = 0u64;
+    let mut checksum = 0i64;
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            break;
+        }
+        if let Some(time) = decode(trim_newline(&line)) {
+            checksum = checksum.wrapping_add(time);
+            count += 1;
         }
     }
     std::hint::black_box(checksum);

@@ -179,6 +179,28 @@ pub fn scan_prefix(
     store.scan(table, prefix, end.as_deref(), visit)
 }
 
+/// A visitor of stored entries (key, value) that may fail.
+pub type TryVisit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), StateError> + 'a;
+
+/// Visits every key starting with `prefix`, in order, stopping at the first error `visit`
+/// returns (which is then returned).
+pub fn try_scan_prefix(
+    store: &dyn StateStore,
+    table: Table,
+    prefix: &[u8],
+    visit: &mut TryVisit<'_>,
+) -> Result<(), StateError> {
+    let mut failure = None;
+    scan_prefix(store, table, prefix, &mut |k, v| match visit(k, v) {
+        Ok(()) => true,
+        Err(e) => {
+            failure = Some(e);
+            false
+        }
+    })?;
+    failure.map_or(Ok(()), Err)
+}
+
 /// The smallest key greater than every key starting with `prefix` (`None` if there is none).
 pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();

@@ -21,7 +21,7 @@ use smallvec::SmallVec;
 
 use crate::aggregate::{Accumulators, Aggregates};
 use crate::event::{Key, KeyedRecord, Output, Timestamp, WindowResult, MAX_TIMESTAMP};
-use crate::state::{scan_prefix, StateBatch, StateError, Table};
+use crate::state::{try_scan_prefix, StateBatch, StateError, Table};
 
 use super::assign::Geometry;
 use super::emit::{Common, OnChange};
@@ -292,36 +292,24 @@ impl Panes {
         let pane_end = self.geo.pane_end(self.buckets[sl].start);
         let prefix = layout::pane_prefix(&c.prefix, pane_end);
         let aggs = &c.spec.aggregates;
-        let mut err = None;
         let b = &mut self.buckets[sl];
         let mem = &mut self.mem_bytes;
-        scan_prefix(&*c.store, Table::Windows, &prefix, &mut |k, v| {
+        try_scan_prefix(&*c.store, Table::Windows, &prefix, &mut |k, v| {
             let key = Key::from_bytes(&k[prefix.len()..]);
-            let res = stored_hash(v).and_then(|hash| {
-                if !c.owns(hash) {
-                    return Ok(());
-                }
-                let hk = HKey { hash, key };
-                if b.entries.contains_key(&hk) {
-                    return Ok(());
-                }
-                let (_, mut e) = decode_entry(aggs, v)?;
-                e.size = e.measure(aggs, &hk.key);
-                *mem += e.size;
-                b.entries.insert(hk, e);
-                Ok(())
-            });
-            match res {
-                Ok(()) => true,
-                Err(e) => {
-                    err = Some(e);
-                    false
-                }
+            let hash = stored_hash(v)?;
+            if !c.owns(hash) {
+                return Ok(());
             }
+            let hk = HKey { hash, key };
+            if b.entries.contains_key(&hk) {
+                return Ok(());
+            }
+            let (_, mut e) = decode_entry(aggs, v)?;
+            e.size = e.measure(aggs, &hk.key);
+            *mem += e.size;
+            b.entries.insert(hk, e);
+            Ok(())
         })?;
-        if let Some(e) = err {
-            return Err(e);
-        }
         b.evicted = 0;
         Ok(())
     }
@@ -599,22 +587,9 @@ impl Panes {
         let kind_prefix = layout::kind_prefix(&c.prefix, layout::KIND_PANE);
         let target = c.spec.memory_budget_bytes / 10 * 8;
         let store = c.store.clone();
-        let mut err = None;
-        scan_prefix(
-            &*store,
-            Table::Windows,
-            &kind_prefix,
-            &mut |k, v| match self.restore_one(c, &k[kind_prefix.len()..], k, v, target) {
-                Ok(()) => true,
-                Err(e) => {
-                    err = Some(e);
-                    false
-                }
-            },
-        )?;
-        if let Some(e) = err {
-            return Err(e);
-        }
+        try_scan_prefix(&*store, Table::Windows, &kind_prefix, &mut |k, v| {
+            self.restore_one(c, &k[kind_prefix.len()..], k, v, target)
+        })?;
         let w = c.watermark;
         let g = self.geo;
         self.next_due = self

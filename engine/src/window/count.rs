@@ -12,7 +12,7 @@ use crate::aggregate::Accumulators;
 use crate::event::{
     Key, KeyedRecord, Output, Record, Timestamp, Value, WindowResult, MAX_TIMESTAMP,
 };
-use crate::state::{scan_prefix, StateBatch, StateError, Table};
+use crate::state::{try_scan_prefix, StateBatch, StateError, Table};
 use crate::topology::EmitMode;
 
 use super::emit::Common;
@@ -262,23 +262,9 @@ impl Counts {
     pub fn restore(&mut self, c: &mut Common) -> Result<(), StateError> {
         let prefix = layout::kind_prefix(&c.prefix, layout::KIND_COUNT);
         let store = c.store.clone();
-        let mut err = None;
-        scan_prefix(
-            &*store,
-            Table::Windows,
-            &prefix,
-            &mut |k, v| match self.restore_one(c, Key::from_bytes(&k[prefix.len()..]), v) {
-                Ok(()) => true,
-                Err(e) => {
-                    err = Some(e);
-                    false
-                }
-            },
-        )?;
-        match err {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        try_scan_prefix(&*store, Table::Windows, &prefix, &mut |k, v| {
+            self.restore_one(c, Key::from_bytes(&k[prefix.len()..]), v)
+        })
     }
 
     fn restore_one(&mut self, c: &Common, key: Key, v: &[u8]) -> Result<(), StateError> {

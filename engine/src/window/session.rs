@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BinaryHeap};
 
 use crate::aggregate::Accumulators;
 use crate::event::{Key, KeyedRecord, Output, Timestamp, WindowResult};
-use crate::state::{scan_prefix, StateBatch, StateError, Table};
+use crate::state::{try_scan_prefix, StateBatch, StateError, Table};
 
 use super::emit::{Common, OnChange};
 use super::keys::{HKey, KeyMap};
@@ -285,24 +285,10 @@ impl Sessions {
 
     pub fn restore(&mut self, c: &mut Common) -> Result<(), StateError> {
         let prefix = c.prefix.clone();
-        let mut err = None;
         let store = c.store.clone();
-        scan_prefix(
-            &*store,
-            Table::Sessions,
-            &prefix,
-            &mut |k, v| match self.restore_one(c, Key::from_bytes(&k[prefix.len()..]), v) {
-                Ok(()) => true,
-                Err(e) => {
-                    err = Some(e);
-                    false
-                }
-            },
-        )?;
-        match err {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        try_scan_prefix(&*store, Table::Sessions, &prefix, &mut |k, v| {
+            self.restore_one(c, Key::from_bytes(&k[prefix.len()..]), v)
+        })
     }
 
     fn restore_one(&mut self, c: &Common, key: Key, v: &[u8]) -> Result<(), StateError> {
