@@ -116,11 +116,13 @@ pub fn run_with_kills(topology_file: &Path, kills: &[u64], extra: &[&str]) -> us
         if exited.is_none() {
             child.kill().unwrap(); // SIGKILL
         }
-        let status = child.wait().unwrap();
+        let output = child.wait_with_output().unwrap();
+        let status = output.status;
         match exited {
             Some(status) => assert!(
                 status.success(),
-                "weir run failed before it was killed: {status}"
+                "weir run failed before it was killed: {status}\n{}",
+                String::from_utf8_lossy(&output.stderr)
             ),
             // It may have finished just before the signal.
             None if status.success() => {}

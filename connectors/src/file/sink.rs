@@ -159,6 +159,16 @@ impl Sink for FileSink {
                     c.unwrap_or(0)
                 )))
             }
+            (None, _) => {
+                // Claim the file before the first append, so a crash in the middle of the
+                // first commit leaves a fence saying the job owns the (truncatable) data.
+                let fence = Fence {
+                    epoch: 0,
+                    length: 0,
+                };
+                self.write_fence(fence)?;
+                self.fence = Some(fence);
+            }
             _ => {}
         }
         let length = self.committed_length();
@@ -268,6 +278,20 @@ mod tests {
         s.commit(2, b"b\n").unwrap();
         let text = fs::read_to_string(dir.path().join("out/results.jsonl")).unwrap();
         assert_eq!(text, "a\nb\n");
+    }
+
+    #[test]
+    fn a_crash_during_the_first_commit_is_recovered() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = sink(dir.path());
+        s.recover(None).unwrap();
+        // The first epoch's append landed, its fence did not.
+        fs::write(dir.path().join("out/results.jsonl"), b"a\npart").unwrap();
+        let mut s = sink(dir.path());
+        s.recover(None).unwrap();
+        s.commit(1, b"a\n").unwrap();
+        let text = fs::read_to_string(dir.path().join("out/results.jsonl")).unwrap();
+        assert_eq!(text, "a\n");
     }
 
     #[test]
