@@ -3,7 +3,7 @@
 //! For watching a pipeline, not for keeping results: after a crash, an epoch that was printed
 //! but not confirmed is printed again.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -42,6 +42,7 @@ impl ConsoleSinkConfig {
 pub struct ConsoleSink {
     name: String,
     limit: usize,
+    terminal: bool,
 }
 
 impl ConsoleSink {
@@ -50,6 +51,7 @@ impl ConsoleSink {
         ConsoleSink {
             name: name.to_string(),
             limit: config.limit_per_checkpoint,
+            terminal: std::io::stdout().is_terminal(),
         }
     }
 }
@@ -76,7 +78,15 @@ impl Sink for ConsoleSink {
     }
 
     fn commit(&mut self, _epoch: Epoch, staged: &[u8]) -> Result<(), SinkError> {
+        if staged.is_empty() {
+            return Ok(());
+        }
         let mut out = std::io::stdout().lock();
+        if self.terminal {
+            // Start on a clean line: `weir run` may be showing its status line here.
+            out.write_all(b"\r\x1b[2K")
+                .map_err(|e| SinkError::Retryable(format!("stdout: {e}")))?;
+        }
         let lines = staged.split_inclusive(|b| *b == b'\n');
         let mut skipped = 0usize;
         for (i, line) in lines.enumerate() {

@@ -83,6 +83,7 @@ mod assign;
 mod bucketed;
 mod count;
 mod emit;
+mod evicted_filter;
 mod keys;
 mod session;
 mod store_layout;
