@@ -1,6 +1,7 @@
 //! The `weir` command line: wiring only; each command lives in `commands/`.
 
 mod commands;
+mod http;
 mod status;
 
 use std::path::PathBuf;

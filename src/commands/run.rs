@@ -29,6 +29,10 @@ pub struct RunArgs {
     /// At the end, print a JSON summary (counters, elapsed time, peak RSS) on standard output.
     #[arg(long)]
     pub summary_json: bool,
+    /// Serve `/health`, `/ready` and Prometheus `/metrics` on this address (e.g.
+    /// `127.0.0.1:9464`).
+    #[arg(long, env = "WEIR_HTTP")]
+    pub http: Option<String>,
     /// Pin the process to this CPU (benchmarks on one core).
     #[arg(long, hide = true)]
     pub cpu: Option<usize>,
@@ -58,6 +62,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     )
     .context("cannot start the job")?;
     let metrics = job.metrics();
+    if let Some(addr) = &args.http {
+        crate::http::serve(addr, metrics.clone())?;
+    }
     let live = !args.no_status && std::io::stderr().is_terminal();
     let done = Arc::new(AtomicBool::new(false));
     let reporter = status::spawn(metrics, done.clone(), live);

@@ -206,9 +206,13 @@ pub(crate) fn commit_with_retry(
     let mut backoff = Duration::from_millis(100);
     loop {
         match sink.commit(epoch, staged) {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                metrics.commit_failing.store(false, Ordering::Relaxed);
+                return Ok(());
+            }
             Err(SinkError::Retryable(reason)) => {
                 metrics.sink_retries.fetch_add(1, Ordering::Relaxed);
+                metrics.commit_failing.store(true, Ordering::Relaxed);
                 tracing::warn!(sink = sink.name(), epoch, %reason, "sink commit failed; retrying");
                 if stop.load(Ordering::Relaxed) && backoff >= Duration::from_secs(5) {
                     // The epoch stays prepared; the next start re-commits it.

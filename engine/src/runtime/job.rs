@@ -281,7 +281,13 @@ impl Job {
         for (i, task) in source_tasks.into_iter().enumerate() {
             threads.push(spawn(format!("weir-source-{i}"), move || task.run())?);
         }
+        metrics
+            .running
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let result = coordinator.run();
+        metrics
+            .running
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         for t in threads {
             if t.join().is_err() {
                 return Err(JobError::Task("a task panicked".into()));

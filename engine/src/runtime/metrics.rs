@@ -1,6 +1,6 @@
 //! Counters shared by a job's tasks, read by the status display and `/metrics`.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// Live counters of a running job. All are monotone except the gauges noted.
@@ -30,6 +30,10 @@ pub struct JobMetrics {
     pub sink_retries: AtomicU64,
     /// Duration of every checkpoint so far, barrier to commit, in µs.
     pub checkpoint_durations_us: Mutex<Vec<u64>>,
+    /// Gauge: a sink commit is failing and being retried (the worker is not ready).
+    pub commit_failing: AtomicBool,
+    /// Gauge: the job is running its tasks (set by `Job::run`, cleared when it returns).
+    pub running: AtomicBool,
 }
 
 impl Default for JobMetrics {
@@ -47,6 +51,8 @@ impl Default for JobMetrics {
             open_windows: AtomicU64::new(0),
             sink_retries: AtomicU64::new(0),
             checkpoint_durations_us: Mutex::new(Vec::new()),
+            commit_failing: AtomicBool::new(false),
+            running: AtomicBool::new(false),
         }
     }
 }
@@ -95,6 +101,97 @@ impl JobMetrics {
             open_windows: r(&self.open_windows),
             sink_retries: r(&self.sink_retries),
         }
+    }
+
+    /// Whether the worker is ready: running, with every sink committing.
+    pub fn is_ready(&self) -> bool {
+        self.running.load(Ordering::Relaxed) && !self.commit_failing.load(Ordering::Relaxed)
+    }
+
+    /// The counters in the Prometheus text exposition format.
+    pub fn prometheus(&self) -> String {
+        let m = self.snapshot();
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+            ));
+        };
+        metric(
+            "weir_events_in_total",
+            "counter",
+            "Records read and decoded.",
+            m.events_in.to_string(),
+        );
+        metric(
+            "weir_events_filtered_total",
+            "counter",
+            "Records dropped by a filter.",
+            m.events_filtered.to_string(),
+        );
+        metric(
+            "weir_results_total",
+            "counter",
+            "Window results emitted.",
+            m.results_out.to_string(),
+        );
+        metric(
+            "weir_late_events_total",
+            "counter",
+            "Late events.",
+            m.late_events.to_string(),
+        );
+        metric(
+            "weir_dead_letters_total",
+            "counter",
+            "Records sent to the dead-letter output.",
+            m.dead_letters.to_string(),
+        );
+        metric(
+            "weir_epochs_committed_total",
+            "counter",
+            "Checkpoint epochs committed.",
+            m.epochs_committed.to_string(),
+        );
+        metric(
+            "weir_sink_commit_retries_total",
+            "counter",
+            "Sink commit retries.",
+            m.sink_retries.to_string(),
+        );
+        metric(
+            "weir_last_epoch",
+            "gauge",
+            "Last committed checkpoint epoch.",
+            m.last_epoch.to_string(),
+        );
+        metric(
+            "weir_last_checkpoint_seconds",
+            "gauge",
+            "Duration of the last checkpoint, barrier to commit.",
+            format!("{}", m.last_checkpoint_us as f64 / 1e6),
+        );
+        if m.watermark != i64::MIN && m.watermark != i64::MAX {
+            metric(
+                "weir_watermark_seconds",
+                "gauge",
+                "Lowest shard watermark (event time, seconds since the Unix epoch).",
+                format!("{}", m.watermark as f64 / 1e3),
+            );
+        }
+        metric(
+            "weir_open_windows",
+            "gauge",
+            "Windows open over all shards.",
+            m.open_windows.to_string(),
+        );
+        metric(
+            "weir_ready",
+            "gauge",
+            "1 when the worker is running and every sink commits.",
+            u8::from(self.is_ready()).to_string(),
+        );
+        out
     }
 
     pub(crate) fn add(counter: &AtomicU64, n: u64) {

@@ -11,7 +11,15 @@
 //! then deletes their stored key). After a snapshot, over the memory budget, clean entries of
 //! the least recently touched buckets are evicted (first those not touched since the previous
 //! snapshot); a bucket counts its evicted entries, so a key missing from a fully resident
-//! bucket is known to be new without any read.
+//! bucket is known to be new without any read. A bucket with evicted entries also keeps a
+//! Bloom filter of their key hashes ([`EvictedFilter`]), so a key missing from memory is read
+//! from the store only if it may have been evicted.
+//!
+//! When a window of a single pane (every tumbling window) fires, its evicted entries are
+//! streamed from a store scan straight into results instead of being loaded into the bucket,
+//! and dropping the pane deletes its stored entries without loading them. A window over
+//! several panes (sliding) still loads the evicted entries of its panes first, so memory can
+//! exceed the budget while such a window fires.
 
 use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,10 +29,11 @@ use smallvec::SmallVec;
 
 use crate::aggregate::{Accumulators, Aggregates};
 use crate::event::{Key, KeyedRecord, Output, Timestamp, WindowResult, MAX_TIMESTAMP};
-use crate::state::{try_scan_prefix, StateBatch, StateError, Table};
+use crate::state::{prefix_end, try_scan_prefix, StateBatch, StateError, Table};
 
 use super::assign::Geometry;
 use super::emit::{Common, OnChange};
+use super::evicted_filter::EvictedFilter;
 use super::keys::{HKey, KeyMap};
 use super::store_layout::{self as layout, acc_error, Reader};
 use super::OperatorStats;
@@ -116,6 +125,8 @@ struct Bucket {
     entries: KeyMap<Entry>,
     /// Entries of this shard in the store but not in memory.
     evicted: u64,
+    /// Key hashes of evicted entries (and of some reloaded since); empty when `evicted == 0`.
+    filter: EvictedFilter,
     /// Entries with the dirty flag.
     dirty: u64,
     /// Entries with the pending flag.
@@ -133,6 +144,8 @@ pub(crate) struct Panes {
     cache: Option<(Timestamp, u32)>,
     /// Stored keys of entries purged since the last snapshot.
     deletes: Vec<Vec<u8>>,
+    /// Stored key ranges `[start, end)` of panes dropped since the last snapshot.
+    range_deletes: Vec<(Vec<u8>, Vec<u8>)>,
     mem_bytes: usize,
     epoch: u32,
     seq: u64,
@@ -149,6 +162,7 @@ impl Panes {
             index: BTreeMap::new(),
             cache: None,
             deletes: Vec::new(),
+            range_deletes: Vec::new(),
             mem_bytes: 0,
             epoch: 0,
             seq: 0,
@@ -208,7 +222,7 @@ impl Panes {
             hash: rec.key_hash,
             key: rec.key,
         };
-        if self.buckets[sl].evicted > 0 && !self.buckets[sl].entries.contains_key(&hk) {
+        if self.may_be_evicted(sl, &hk) {
             self.reload(c, sl, &hk)?;
         }
         let on_change = c.on_change(false);
@@ -269,6 +283,21 @@ impl Panes {
         Ok(())
     }
 
+    /// Whether `hk` is not in memory in bucket `sl` but may be in the store.
+    #[inline]
+    fn may_be_evicted(&self, sl: usize, hk: &HKey) -> bool {
+        let b = &self.buckets[sl];
+        b.evicted > 0 && !b.entries.contains_key(hk) && b.filter.may_contain(hk.hash)
+    }
+
+    /// Records that bucket `sl` has no evicted entry left.
+    fn none_evicted(&mut self, sl: usize) {
+        let b = &mut self.buckets[sl];
+        b.evicted = 0;
+        self.mem_bytes = self.mem_bytes.saturating_sub(b.filter.heap_bytes());
+        b.filter.clear();
+    }
+
     /// Reads an evicted entry back, if the store has it.
     fn reload(&mut self, c: &Common, sl: usize, hk: &HKey) -> Result<(), StateError> {
         let pane_end = self.geo.pane_end(self.buckets[sl].start);
@@ -280,6 +309,9 @@ impl Panes {
             let b = &mut self.buckets[sl];
             b.evicted = b.evicted.saturating_sub(1);
             b.entries.insert(hk.clone(), e);
+            if b.evicted == 0 {
+                self.none_evicted(sl);
+            }
         }
         Ok(())
     }
@@ -310,8 +342,58 @@ impl Panes {
             b.entries.insert(hk, e);
             Ok(())
         })?;
-        b.evicted = 0;
+        self.none_evicted(sl);
         Ok(())
+    }
+
+    /// Pushes the results of single-pane window `j` for the evicted entries of its bucket
+    /// `sl`, read by a store scan and not loaded into memory.
+    fn close_evicted(
+        &self,
+        c: &Common,
+        sl: usize,
+        j: i64,
+        fires: bool,
+        purges: bool,
+        results: &mut Vec<WindowResult>,
+    ) -> Result<(), StateError> {
+        let b = &self.buckets[sl];
+        if b.evicted == 0 {
+            return Ok(());
+        }
+        let g = self.geo;
+        let (s, e) = (g.start(j), g.end(j));
+        let prefix = layout::pane_prefix(&c.prefix, g.pane_end(b.start));
+        let aggs = &c.spec.aggregates;
+        try_scan_prefix(&*c.store, Table::Windows, &prefix, &mut |k, v| {
+            let hash = stored_hash(v)?;
+            if !c.owns(hash) {
+                return Ok(());
+            }
+            let hk = HKey {
+                hash,
+                key: Key::from_bytes(&k[prefix.len()..]),
+            };
+            if b.entries.contains_key(&hk) {
+                // Resident: its (possibly newer) state was already handled.
+                return Ok(());
+            }
+            let (_, en) = decode_entry(aggs, v)?;
+            let Some(is_final) = c.on_close(fires, purges, en.flags & F_PENDING != 0) else {
+                return Ok(());
+            };
+            if en.partials.is_none() {
+                if en.flags & F_MAIN != 0 {
+                    results.push(c.result(hk.key, s, e, &en.acc, is_final));
+                }
+            } else {
+                let mut acc = aggs.create();
+                if en.contribute(aggs, j, &mut acc) {
+                    results.push(c.result(hk.key, s, e, &acc, is_final));
+                }
+            }
+            Ok(())
+        })
     }
 
     /// The current result of window `j` for one key (`None` if no record counts for it).
@@ -327,7 +409,7 @@ impl Panes {
         let slots: SmallVec<[u32; 8]> = self.index.range(s..e).map(|(_, &sl)| sl).collect();
         for &sl in &slots {
             let sl = sl as usize;
-            if self.buckets[sl].evicted > 0 && !self.buckets[sl].entries.contains_key(hk) {
+            if self.may_be_evicted(sl, hk) {
                 self.reload(c, sl, hk)?;
             }
         }
@@ -383,10 +465,14 @@ impl Panes {
             let purge_time = g.purge_time(j);
             let purges = prev < purge_time && purge_time <= w;
             let slots: SmallVec<[u32; 8]> = self.index.range(s..e).map(|(_, &sl)| sl).collect();
-            for &sl in &slots {
-                self.ensure_loaded(c, sl as usize)?;
-            }
             let single = slots.len() == 1;
+            if let [sl] = slots[..] {
+                self.close_evicted(c, sl as usize, j, fires, purges, results)?;
+            } else {
+                for &sl in &slots {
+                    self.ensure_loaded(c, sl as usize)?;
+                }
+            }
             let mut merged: KeyMap<(Accumulators, bool, bool)> = KeyMap::default();
             for &sl in &slots {
                 let b = &mut self.buckets[sl as usize];
@@ -446,12 +532,33 @@ impl Panes {
         Ok(())
     }
 
+    /// Drops a pane whose windows are all purged, deleting its stored entries (evicted ones
+    /// included, without loading them).
     fn drop_pane(&mut self, c: &Common, start: Timestamp, sl: u32) -> Result<(), StateError> {
-        self.ensure_loaded(c, sl as usize)?;
         let pane_end = self.geo.pane_end(start);
+        let prefix = layout::pane_prefix(&c.prefix, pane_end);
+        // With one shard every stored entry of the pane is ours: one range delete does.
+        let range = (c.spec.shards <= 1).then(|| prefix_end(&prefix)).flatten();
         let b = &mut self.buckets[sl as usize];
+        if range.is_none() && b.evicted > 0 {
+            let deletes = &mut self.deletes;
+            try_scan_prefix(&*c.store, Table::Windows, &prefix, &mut |k, v| {
+                let hash = stored_hash(v)?;
+                if !c.owns(hash) {
+                    return Ok(());
+                }
+                let hk = HKey {
+                    hash,
+                    key: Key::from_bytes(&k[prefix.len()..]),
+                };
+                if !b.entries.contains_key(&hk) {
+                    deletes.push(k.to_vec());
+                }
+                Ok(())
+            })?;
+        }
         for (hk, en) in b.entries.drain() {
-            if en.flags & F_PERSISTED != 0 {
+            if range.is_none() && en.flags & F_PERSISTED != 0 {
                 self.deletes
                     .push(layout::pane_key(&c.prefix, pane_end, &hk.key));
             }
@@ -460,7 +567,11 @@ impl Panes {
         if b.entries.capacity() > REUSE_CAPACITY {
             b.entries = KeyMap::default();
         }
-        b.evicted = 0;
+        if let Some(end) = range {
+            self.range_deletes.push((prefix, end));
+        }
+        self.none_evicted(sl as usize);
+        let b = &mut self.buckets[sl as usize];
         b.dirty = 0;
         b.pending = 0;
         self.index.remove(&start);
@@ -536,6 +647,9 @@ impl Panes {
         for k in self.deletes.drain(..) {
             batch.delete(Table::Windows, k);
         }
+        for (start, end) in self.range_deletes.drain(..) {
+            batch.delete_range(Table::Windows, start, end);
+        }
         self.evict(c.spec.memory_budget_bytes);
         self.epoch = self.epoch.wrapping_add(1);
     }
@@ -559,19 +673,22 @@ impl Panes {
                 if self.mem_bytes <= target {
                     return;
                 }
-                let b = &mut self.buckets[sl as usize];
+                let Bucket {
+                    entries, filter, ..
+                } = &mut self.buckets[sl as usize];
                 let mem = &mut self.mem_bytes;
-                let before = b.entries.len();
-                b.entries.retain(|_, en| {
+                let before = entries.len();
+                entries.retain(|hk, en| {
                     let keep = *mem <= target
                         || en.flags & (F_DIRTY | F_PENDING) != 0
                         || en.flags & F_PERSISTED == 0
                         || (!recent_too && en.touched == epoch);
                     if !keep {
-                        *mem = mem.saturating_sub(en.size);
+                        *mem = mem.saturating_sub(en.size) + filter.insert(hk.hash);
                     }
                     keep
                 });
+                let b = &mut self.buckets[sl as usize];
                 let n = before - b.entries.len();
                 if n > 0 {
                     b.evicted += n as u64;
@@ -646,7 +763,9 @@ impl Panes {
             }
             b.entries.insert(HKey { hash, key }, e);
         } else {
-            self.buckets[sl].evicted += 1;
+            let b = &mut self.buckets[sl];
+            b.evicted += 1;
+            self.mem_bytes += b.filter.insert(hash);
         }
         Ok(())
     }
