@@ -202,7 +202,7 @@ impl Job {
                 for (shard, inputs) in shard_inputs.into_iter().enumerate() {
                     let mut op_spec = plan.operator.clone();
                     op_spec.shard = shard as u32;
-                    let operator = WindowOperator::new(op_spec, store.clone())?;
+                    let operator = Box::new(WindowOperator::new(op_spec, store.clone())?);
                     shard_tasks.push(ShardTask {
                         task: shard_tasks.len(),
                         operator,

@@ -13,6 +13,7 @@ mod coordinator;
 mod job;
 mod messages;
 mod metrics;
+mod operator;
 mod plan;
 mod shard_task;
 mod sink;
@@ -22,6 +23,7 @@ mod staging;
 
 pub use job::{Connectors, Job, JobOptions, JobSummary};
 pub use metrics::{JobMetrics, MetricsSnapshot};
+pub use operator::Operator;
 pub use sink::{Sink, SinkEncoder, SinkError};
 pub use source::{DecodeContext, PollStatus, SourceBatch, SourceError, SourcePartition};
 

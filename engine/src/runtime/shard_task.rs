@@ -10,10 +10,10 @@ use crate::checkpoint::Epoch;
 use crate::event::Output;
 use crate::state::{StateBatch, StateError};
 use crate::time::WatermarkHolder;
-use crate::window::WindowOperator;
 
 use super::messages::{CoordMessage, ShardAck, ShardMessage};
 use super::metrics::JobMetrics;
+use super::operator::Operator;
 use super::staging::{SinkIndex, Staging};
 use super::wall_clock_ms;
 
@@ -22,7 +22,7 @@ const PROCESSING_TICK: Duration = Duration::from_millis(20);
 
 pub(crate) struct ShardTask {
     pub task: usize,
-    pub operator: WindowOperator,
+    pub operator: Box<dyn Operator>,
     pub inputs: Vec<Receiver<ShardMessage>>,
     pub staging: Staging,
     pub result_sinks: Vec<SinkIndex>,
