@@ -126,6 +126,11 @@ fn lateness_having() {
 }
 
 #[test]
+fn evicting_state() {
+    golden("evicting_state");
+}
+
+#[test]
 fn count_windows() {
     golden("count_windows");
 }

@@ -67,6 +67,8 @@ impl Coordinator {
         loop {
             let all_ended = ended.iter().all(|e| *e);
             let stopping = self.stop.load(Ordering::Relaxed);
+            // One epoch in flight at a time: operators rely on the previous epoch's batch being
+            // durable when the next barrier reaches them (see `Operator::snapshot`).
             if in_flight.is_none() && (Instant::now() >= next_checkpoint || all_ended || stopping) {
                 let epoch = self.next_epoch;
                 self.next_epoch += 1;

@@ -13,7 +13,10 @@ use crate::window::{OperatorStats, WindowOperator};
 /// - `snapshot` is called at a checkpoint barrier, once every input delivered it: it must add
 ///   to `batch` every state change since the previous snapshot, so that an operator built
 ///   from a store holding all batches up to epoch E behaves exactly like the original did at
-///   E. The batch is written atomically with the sources' positions of the same epoch.
+///   E. The batch is written atomically with the sources' positions of the same epoch, while
+///   the operator goes on processing; the next `snapshot` comes only after that write is
+///   durable (one epoch in flight), so an operator may then read back what the previous batch
+///   stored (e.g. entries it evicts from memory).
 /// - Outputs passed to `out` belong to the epoch being built; they become visible when the
 ///   epoch commits, and are produced again by replay if it does not.
 pub trait Operator: Send {

@@ -9,9 +9,14 @@
 //! Entries carry a dirty flag (written by the next snapshot), a pending flag (a change not
 //! emitted yet, with coalesced updates) and whether they were ever persisted (purging them
 //! then deletes their stored key). After a snapshot, over the memory budget, clean entries of
-//! the least recently touched buckets are evicted (first those not touched since the previous
-//! snapshot); a bucket counts its evicted entries, so a key missing from a fully resident
-//! bucket is known to be new without any read. A bucket with evicted entries also keeps a
+//! the least recently touched buckets are evicted, but only those neither touched nor written
+//! since the previous snapshot: the runtime writes a snapshot's batch after the operator
+//! returns (while it goes on processing) and starts the next checkpoint only once that batch
+//! is written, so only entries stored by an earlier snapshot are surely readable. (Evicting an
+//! entry written by the current batch lost its state whenever it was read back before that
+//! batch landed.) The budget can therefore be exceeded by what one checkpoint interval
+//! touches. A bucket counts its evicted entries, so a key missing from a fully resident bucket
+//! is known to be new without any read. A bucket with evicted entries also keeps a
 //! Bloom filter of their key hashes ([`EvictedFilter`]), so a key missing from memory is read
 //! from the store only if it may have been evicted.
 //!
@@ -324,6 +329,7 @@ impl Panes {
         let pane_end = self.geo.pane_end(self.buckets[sl].start);
         let prefix = layout::pane_prefix(&c.prefix, pane_end);
         let aggs = &c.spec.aggregates;
+        let epoch = self.epoch;
         let b = &mut self.buckets[sl];
         let mem = &mut self.mem_bytes;
         try_scan_prefix(&*c.store, Table::Windows, &prefix, &mut |k, v| {
@@ -338,6 +344,8 @@ impl Panes {
             }
             let (_, mut e) = decode_entry(aggs, v)?;
             e.size = e.measure(aggs, &hk.key);
+            // Read from the store, so durable: evictable again at the next snapshot.
+            e.touched = epoch.wrapping_sub(1);
             *mem += e.size;
             b.entries.insert(hk, e);
             Ok(())
@@ -638,6 +646,8 @@ impl Panes {
                     encode_entry(aggs, hk.hash, en),
                 );
                 en.flags = (en.flags & !F_DIRTY) | F_PERSISTED;
+                // Written by this batch, not durable yet: `evict` must keep it this time.
+                en.touched = self.epoch;
                 let size = en.measure(aggs, &hk.key);
                 self.mem_bytes = self.mem_bytes.saturating_sub(en.size) + size;
                 en.size = size;
@@ -654,8 +664,9 @@ impl Panes {
         self.epoch = self.epoch.wrapping_add(1);
     }
 
-    /// Evicts clean entries down to 80% of `budget`: first those not touched since the last
-    /// snapshot, then any, least recently touched buckets first.
+    /// Evicts clean entries down to 80% of `budget`, least recently touched buckets first;
+    /// only entries neither touched nor written since the previous snapshot (see the module
+    /// documentation).
     fn evict(&mut self, budget: usize) {
         if self.mem_bytes <= budget {
             return;
@@ -668,32 +679,30 @@ impl Panes {
             .collect();
         order.sort_unstable();
         let epoch = self.epoch;
-        for recent_too in [false, true] {
-            for &(_, sl) in &order {
-                if self.mem_bytes <= target {
-                    return;
+        for &(_, sl) in &order {
+            if self.mem_bytes <= target {
+                return;
+            }
+            let Bucket {
+                entries, filter, ..
+            } = &mut self.buckets[sl as usize];
+            let mem = &mut self.mem_bytes;
+            let before = entries.len();
+            entries.retain(|hk, en| {
+                let keep = *mem <= target
+                    || en.flags & (F_DIRTY | F_PENDING) != 0
+                    || en.flags & F_PERSISTED == 0
+                    || en.touched == epoch;
+                if !keep {
+                    *mem = mem.saturating_sub(en.size) + filter.insert(hk.hash);
                 }
-                let Bucket {
-                    entries, filter, ..
-                } = &mut self.buckets[sl as usize];
-                let mem = &mut self.mem_bytes;
-                let before = entries.len();
-                entries.retain(|hk, en| {
-                    let keep = *mem <= target
-                        || en.flags & (F_DIRTY | F_PENDING) != 0
-                        || en.flags & F_PERSISTED == 0
-                        || (!recent_too && en.touched == epoch);
-                    if !keep {
-                        *mem = mem.saturating_sub(en.size) + filter.insert(hk.hash);
-                    }
-                    keep
-                });
-                let b = &mut self.buckets[sl as usize];
-                let n = before - b.entries.len();
-                if n > 0 {
-                    b.evicted += n as u64;
-                    b.entries.shrink_to_fit();
-                }
+                keep
+            });
+            let b = &mut self.buckets[sl as usize];
+            let n = before - b.entries.len();
+            if n > 0 {
+                b.evicted += n as u64;
+                b.entries.shrink_to_fit();
             }
         }
     }
@@ -756,6 +765,8 @@ impl Panes {
             let key = Key::from_bytes(key);
             let (_, mut e) = decode_entry(&c.spec.aggregates, v)?;
             e.size = e.measure(&c.spec.aggregates, &key);
+            // Read from the store, so durable: evictable at the first snapshot.
+            e.touched = self.epoch.wrapping_sub(1);
             self.mem_bytes += e.size;
             let b = &mut self.buckets[sl];
             if e.flags & F_PENDING != 0 {
@@ -828,4 +839,126 @@ fn decode_entry(aggs: &Aggregates, v: &[u8]) -> Result<(u64, Entry), StateError>
         e.partials = Some(Box::new(partials));
     }
     Ok((hash, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::aggregate::{Aggregates, CompiledAggregate};
+    use crate::event::{FieldSlots, Key, KeyedRecord, Output, Record, ResultSchema, Value};
+    use crate::state::{MemoryStateStore, StateBatch, StateStore, Table};
+    use crate::topology::{AggregateFunction, Duration, EmitMode, WindowSpec};
+    use crate::window::{WindowOperator, WindowOperatorSpec};
+
+    use super::layout;
+
+    fn spec() -> WindowOperatorSpec {
+        let mut slots = FieldSlots::default();
+        slots.slot("user");
+        WindowOperatorSpec {
+            operator_id: "pipe".into(),
+            schema: Arc::new(ResultSchema {
+                pipeline: "p".into(),
+                key_fields: vec!["user".into()],
+                aggregate_names: vec!["n".into()],
+            }),
+            slots: Arc::new(slots),
+            window: WindowSpec::Tumbling {
+                size: Duration::from_millis(1000),
+                allowed_lateness: None,
+            },
+            aggregates: Aggregates::new(vec![CompiledAggregate {
+                name: "n".into(),
+                function: AggregateFunction::Count,
+                slot: None,
+                q: 0.5,
+                n: 3,
+            }]),
+            emit: EmitMode::OnClose,
+            emit_every_ms: None,
+            having: None,
+            late_output: false,
+            shard: 0,
+            shards: 1,
+            memory_budget_bytes: 1,
+        }
+    }
+
+    fn add(op: &mut WindowOperator, user: u32, t: i64) {
+        let key = Key::from_values(&[Value::Str(format!("u{user}").into())]);
+        let rec = KeyedRecord {
+            key_hash: key.stable_hash(),
+            key,
+            record: Record {
+                time: t,
+                fields: [Value::Str(format!("u{user}").into())]
+                    .into_iter()
+                    .collect(),
+            },
+            partition_watermark: i64::MIN,
+        };
+        op.process(rec, &mut |_| {}).unwrap();
+    }
+
+    /// Like the runtime: a snapshot's batch is written while the operator goes on, and the
+    /// next snapshot comes only after it was written. Entries evicted to the store are read
+    /// back (the filter must know them), new keys are not, and the firing window streams the
+    /// evicted ones from the store.
+    #[test]
+    fn eviction_waits_for_the_batch_and_evicted_keys_come_back() {
+        let store = Arc::new(MemoryStateStore::new());
+        let mut op = WindowOperator::new(spec(), store.clone()).unwrap();
+        let pass = |op: &mut WindowOperator, users: std::ops::Range<u32>| {
+            for u in users {
+                add(op, u, 10);
+            }
+            let mut b = StateBatch::default();
+            op.snapshot(&mut b).unwrap();
+            b
+        };
+        let a = pass(&mut op, 0..5000);
+        // Batch `a` is not written yet: nothing it holds may be evicted.
+        assert_eq!(op.stats().entries_evicted, 0);
+        let b = pass(&mut op, 0..5000);
+        store.write(a).unwrap();
+        store.write(b).unwrap();
+        let c = pass(&mut op, 5000..6000);
+        assert_eq!(op.stats().entries_evicted, 5000);
+        store.write(c).unwrap();
+        let d = pass(&mut op, 2000..8000);
+        store.write(d).unwrap();
+        let mut results = Vec::new();
+        op.advance_watermark(i64::MAX, &mut |o| {
+            if let Output::Result(r) = o {
+                results.push((r.key.clone(), r.aggregates[0].as_i64().unwrap_or(-1)));
+            }
+        })
+        .unwrap();
+        let want = |u: u32| match u {
+            0..2000 => 2,
+            2000..5000 => 3,
+            5000..6000 => 2,
+            _ => 1,
+        };
+        assert_eq!(results.len(), 8000);
+        for (k, n) in results {
+            let u: u32 = match k.values().unwrap_or_default().first() {
+                Some(Value::Str(s)) => s[1..].parse().unwrap(),
+                other => panic!("unexpected key {other:?}"),
+            };
+            assert_eq!(n, want(u), "user {u}");
+        }
+        let mut b = StateBatch::default();
+        op.snapshot(&mut b).unwrap();
+        store.write(b).unwrap();
+        let panes = layout::kind_prefix(&layout::prefix("pipe"), layout::KIND_PANE);
+        let mut left = 0;
+        crate::state::scan_prefix(&*store, Table::Windows, &panes, &mut |_, _| {
+            left += 1;
+            true
+        })
+        .unwrap();
+        assert_eq!(left, 0, "the dropped pane left stored entries");
+    }
 }
