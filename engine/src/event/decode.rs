@@ -24,7 +24,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use compact_str::CompactString;
 
-use crate::event::{Fields, Record, Timestamp, Value};
+use crate::event::{Fields, Record, Timestamp, Value, INLINE_FIELDS};
 use crate::runtime::DecodeContext;
 use crate::topology::TimeFormat;
 
@@ -53,8 +53,8 @@ pub fn wall_clock_ms() -> Timestamp {
 /// `Null` into place one by one on the hot path.
 #[inline]
 fn null_fields(n: usize) -> Fields {
-    if n <= 6 {
-        Fields::from_buf_and_len([const { Value::Null }; 6], n)
+    if n <= INLINE_FIELDS {
+        Fields::from_buf_and_len([const { Value::Null }; INLINE_FIELDS], n)
     } else {
         Fields::from_elem(Value::Null, n)
     }

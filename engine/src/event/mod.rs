@@ -58,9 +58,14 @@ impl Value {
     }
 }
 
+/// How many field values a record holds without a heap allocation. Records move between
+/// tasks by value, so this is a trade-off between allocations for wide pipelines and bytes
+/// copied per record for narrow ones.
+pub const INLINE_FIELDS: usize = 4;
+
 /// The field values a pipeline uses, in slot order. Slots are assigned once per topology by
 /// [`FieldSlots`]; a decoder fills only the slots it was asked for.
-pub type Fields = SmallVec<[Value; 6]>;
+pub type Fields = SmallVec<[Value; INLINE_FIELDS]>;
 
 /// A decoded event: its event time and the values of the fields the pipeline references.
 #[derive(Debug, Clone, PartialEq)]
