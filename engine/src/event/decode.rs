@@ -1226,23 +1226,22 @@ fn out_of_range(what: impl std::fmt::Display) -> DecodeError {
     DecodeError(format!("epoch timestamp {what} is outside years 1-9999"))
 }
 
+/// The unit of an epoch number: `format` itself, or with `Auto`, by magnitude (below 1e11 is
+/// seconds, above 1e14 is microseconds, else milliseconds).
+fn epoch_unit(magnitude: f64, format: TimeFormat) -> TimeFormat {
+    match format {
+        TimeFormat::Auto if magnitude < 1e11 => TimeFormat::EpochSeconds,
+        TimeFormat::Auto if magnitude > 1e14 => TimeFormat::EpochMicros,
+        TimeFormat::Auto => TimeFormat::EpochMillis,
+        f => f,
+    }
+}
+
 fn epoch_int(i: i64, format: TimeFormat) -> Result<Timestamp, DecodeError> {
     if i < 0 {
         return Err(DecodeError(format!("negative epoch timestamp {i}")));
     }
-    let unit = match format {
-        TimeFormat::Auto => {
-            if i < 100_000_000_000 {
-                TimeFormat::EpochSeconds
-            } else if i > 100_000_000_000_000 {
-                TimeFormat::EpochMicros
-            } else {
-                TimeFormat::EpochMillis
-            }
-        }
-        f => f,
-    };
-    let ms = match unit {
+    let ms = match epoch_unit(i as f64, format) {
         TimeFormat::EpochSeconds => i.checked_mul(1000).ok_or_else(|| out_of_range(i))?,
         TimeFormat::EpochMicros => i / 1000,
         _ => i,
@@ -1257,19 +1256,7 @@ fn epoch_float(f: f64, format: TimeFormat) -> Result<Timestamp, DecodeError> {
     if f < 0.0 {
         return Err(DecodeError(format!("negative epoch timestamp {f}")));
     }
-    let unit = match format {
-        TimeFormat::Auto => {
-            if f < 1e11 {
-                TimeFormat::EpochSeconds
-            } else if f > 1e14 {
-                TimeFormat::EpochMicros
-            } else {
-                TimeFormat::EpochMillis
-            }
-        }
-        f => f,
-    };
-    let ms = match unit {
+    let ms = match epoch_unit(f, format) {
         TimeFormat::EpochSeconds => (f * 1000.0).round(),
         TimeFormat::EpochMicros => (f / 1000.0).floor(),
         _ => f.floor(),

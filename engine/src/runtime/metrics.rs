@@ -110,88 +110,91 @@ impl JobMetrics {
 
     /// The counters in the Prometheus text exposition format.
     pub fn prometheus(&self) -> String {
+        const COUNTER: &str = "counter";
+        const GAUGE: &str = "gauge";
         let m = self.snapshot();
-        let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-            ));
-        };
-        metric(
-            "weir_events_in_total",
-            "counter",
-            "Records read and decoded.",
-            m.events_in.to_string(),
-        );
-        metric(
-            "weir_events_filtered_total",
-            "counter",
-            "Records dropped by a filter.",
-            m.events_filtered.to_string(),
-        );
-        metric(
-            "weir_results_total",
-            "counter",
-            "Window results emitted.",
-            m.results_out.to_string(),
-        );
-        metric(
-            "weir_late_events_total",
-            "counter",
-            "Late events.",
-            m.late_events.to_string(),
-        );
-        metric(
-            "weir_dead_letters_total",
-            "counter",
-            "Records sent to the dead-letter output.",
-            m.dead_letters.to_string(),
-        );
-        metric(
-            "weir_epochs_committed_total",
-            "counter",
-            "Checkpoint epochs committed.",
-            m.epochs_committed.to_string(),
-        );
-        metric(
-            "weir_sink_commit_retries_total",
-            "counter",
-            "Sink commit retries.",
-            m.sink_retries.to_string(),
-        );
-        metric(
-            "weir_last_epoch",
-            "gauge",
-            "Last committed checkpoint epoch.",
-            m.last_epoch.to_string(),
-        );
-        metric(
-            "weir_last_checkpoint_seconds",
-            "gauge",
-            "Duration of the last checkpoint, barrier to commit.",
-            format!("{}", m.last_checkpoint_us as f64 / 1e6),
-        );
+        let mut metrics: Vec<(&str, &str, &str, String)> = vec![
+            (
+                "weir_events_in_total",
+                COUNTER,
+                "Records read and decoded.",
+                m.events_in.to_string(),
+            ),
+            (
+                "weir_events_filtered_total",
+                COUNTER,
+                "Records dropped by a filter.",
+                m.events_filtered.to_string(),
+            ),
+            (
+                "weir_results_total",
+                COUNTER,
+                "Window results emitted.",
+                m.results_out.to_string(),
+            ),
+            (
+                "weir_late_events_total",
+                COUNTER,
+                "Late events.",
+                m.late_events.to_string(),
+            ),
+            (
+                "weir_dead_letters_total",
+                COUNTER,
+                "Records sent to the dead-letter output.",
+                m.dead_letters.to_string(),
+            ),
+            (
+                "weir_epochs_committed_total",
+                COUNTER,
+                "Checkpoint epochs committed.",
+                m.epochs_committed.to_string(),
+            ),
+            (
+                "weir_sink_commit_retries_total",
+                COUNTER,
+                "Sink commit retries.",
+                m.sink_retries.to_string(),
+            ),
+            (
+                "weir_last_epoch",
+                GAUGE,
+                "Last committed checkpoint epoch.",
+                m.last_epoch.to_string(),
+            ),
+            (
+                "weir_last_checkpoint_seconds",
+                GAUGE,
+                "Duration of the last checkpoint, barrier to commit.",
+                (m.last_checkpoint_us as f64 / 1e6).to_string(),
+            ),
+            (
+                "weir_open_windows",
+                GAUGE,
+                "Windows open over all shards.",
+                m.open_windows.to_string(),
+            ),
+            (
+                "weir_ready",
+                GAUGE,
+                "1 when the worker is running and every sink commits.",
+                u8::from(self.is_ready()).to_string(),
+            ),
+        ];
         if m.watermark != i64::MIN && m.watermark != i64::MAX {
-            metric(
+            metrics.push((
                 "weir_watermark_seconds",
-                "gauge",
+                GAUGE,
                 "Lowest shard watermark (event time, seconds since the Unix epoch).",
-                format!("{}", m.watermark as f64 / 1e3),
-            );
+                (m.watermark as f64 / 1e3).to_string(),
+            ));
         }
-        metric(
-            "weir_open_windows",
-            "gauge",
-            "Windows open over all shards.",
-            m.open_windows.to_string(),
-        );
-        metric(
-            "weir_ready",
-            "gauge",
-            "1 when the worker is running and every sink commits.",
-            u8::from(self.is_ready()).to_string(),
-        );
-        out
+        metrics
+            .iter()
+            .map(|(name, kind, help, value)| {
+                format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n")
+            })
+            .collect()
     }
 
     pub(crate) fn add(counter: &AtomicU64, n: u64) {

@@ -166,22 +166,7 @@ fn range_is_empty(lower: Bound<&[u8]>, upper: Bound<&[u8]>) -> bool {
 mod tests {
     use super::*;
     use crate::state::scan_prefix;
-
-    fn collect(
-        store: &dyn StateStore,
-        table: Table,
-        start: &[u8],
-        end: Option<&[u8]>,
-    ) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        store
-            .scan(table, start, end, &mut |k, _| {
-                out.push(k.to_vec());
-                true
-            })
-            .unwrap();
-        out
-    }
+    use crate::state::tests::scan_keys as collect;
 
     #[test]
     fn put_get_delete() {

@@ -212,3 +212,25 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     }
     None
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// The keys of `table` in [start, end), in scan order.
+    pub(crate) fn scan_keys(
+        store: &dyn StateStore,
+        table: Table,
+        start: &[u8],
+        end: Option<&[u8]>,
+    ) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        store
+            .scan(table, start, end, &mut |k, _| {
+                out.push(k.to_vec());
+                true
+            })
+            .unwrap();
+        out
+    }
+}

@@ -265,22 +265,7 @@ impl StateStore for RocksStateStore {
 mod tests {
     use super::*;
     use crate::state::scan_prefix;
-
-    fn keys(
-        store: &dyn StateStore,
-        table: Table,
-        start: &[u8],
-        end: Option<&[u8]>,
-    ) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        store
-            .scan(table, start, end, &mut |k, _| {
-                out.push(k.to_vec());
-                true
-            })
-            .unwrap();
-        out
-    }
+    use crate::state::tests::scan_keys as keys;
 
     #[test]
     fn store_is_send_and_sync() {
