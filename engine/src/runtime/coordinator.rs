@@ -227,3 +227,84 @@ pub(crate) fn commit_with_retry(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::SinkEncoder;
+
+    /// A sink that fails its first commits with a passing error and records whether the worker
+    /// counted as ready at each attempt.
+    struct Flaky {
+        failures_left: usize,
+        metrics: Arc<JobMetrics>,
+        ready_at_attempts: Vec<bool>,
+        committed: Vec<(Epoch, Vec<u8>)>,
+    }
+
+    impl Sink for Flaky {
+        fn name(&self) -> &str {
+            "flaky"
+        }
+        fn encoder(&self) -> Box<dyn SinkEncoder> {
+            unreachable!("not used by commit_with_retry")
+        }
+        fn recover(&mut self, _committed: Option<Epoch>) -> Result<(), SinkError> {
+            Ok(())
+        }
+        fn commit(&mut self, epoch: Epoch, staged: &[u8]) -> Result<(), SinkError> {
+            self.ready_at_attempts.push(self.metrics.is_ready());
+            if self.failures_left > 0 {
+                self.failures_left -= 1;
+                return Err(SinkError::Retryable("server unavailable".into()));
+            }
+            self.committed.push((epoch, staged.to_vec()));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failing_commit_is_retried_and_makes_the_worker_unready_meanwhile() {
+        let metrics = Arc::new(JobMetrics::default());
+        metrics.running.store(true, Ordering::Relaxed);
+        let mut sink = Flaky {
+            failures_left: 2,
+            metrics: metrics.clone(),
+            ready_at_attempts: Vec::new(),
+            committed: Vec::new(),
+        };
+        let stop = AtomicBool::new(false);
+        commit_with_retry(&mut sink, 7, b"lines", &stop, &metrics).unwrap();
+        assert_eq!(sink.ready_at_attempts, vec![true, false, false]);
+        assert_eq!(sink.committed, vec![(7, b"lines".to_vec())]);
+        assert!(
+            metrics.is_ready(),
+            "ready again once the commit went through"
+        );
+        assert_eq!(metrics.sink_retries.load(Ordering::Relaxed), 2);
+        assert!(metrics.prometheus().contains("weir_ready 1\n"));
+    }
+
+    #[test]
+    fn a_fatal_commit_error_is_not_retried() {
+        struct Broken;
+        impl Sink for Broken {
+            fn name(&self) -> &str {
+                "broken"
+            }
+            fn encoder(&self) -> Box<dyn SinkEncoder> {
+                unreachable!("not used by commit_with_retry")
+            }
+            fn recover(&mut self, _: Option<Epoch>) -> Result<(), SinkError> {
+                Ok(())
+            }
+            fn commit(&mut self, _: Epoch, _: &[u8]) -> Result<(), SinkError> {
+                Err(SinkError::Fatal("output modified".into()))
+            }
+        }
+        let metrics = JobMetrics::default();
+        let err = commit_with_retry(&mut Broken, 1, b"", &AtomicBool::new(false), &metrics);
+        assert!(matches!(err, Err(JobError::Sink(SinkError::Fatal(_)))));
+        assert_eq!(metrics.sink_retries.load(Ordering::Relaxed), 0);
+    }
+}
