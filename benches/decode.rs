@@ -23,6 +23,7 @@ fn context(time_field: &str) -> DecodeContext {
             field: time_field.into(),
             format: TimeFormat::Auto,
             processing_time: false,
+            source_timestamp: false,
         },
     }
 }

@@ -7,10 +7,15 @@ pub mod console;
 pub mod file;
 #[cfg(feature = "generator")]
 pub mod generator;
+#[cfg(feature = "mongodb")]
+pub mod mongodb;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 use serde::de::DeserializeOwned;
 use weir_engine::runtime::{
-    Connectors, DecodeContext, Sink, SinkError, SourceError, SourcePartition,
+    Connectors, DecodeContext, PartitionSelection, Sink, SinkError, SinkScope, SourceError,
+    SourcePartition,
 };
 use weir_engine::topology::{ConfigIssue, ConnectorCatalog, SinkSpec, SourceSpec};
 
@@ -109,12 +114,44 @@ fn config_error(issues: Vec<ConfigIssue>) -> String {
         .join("; ")
 }
 
+/// Keeps the partitions of `all` (indexed in order) that `selection` names.
+fn select(
+    all: Vec<Box<dyn SourcePartition>>,
+    selection: &PartitionSelection,
+) -> Vec<Box<dyn SourcePartition>> {
+    all.into_iter()
+        .enumerate()
+        .filter(|(i, _)| selection.contains(*i as u32))
+        .map(|(_, p)| p)
+        .collect()
+}
+
 impl Connectors for Registry {
+    fn partition_count(&self, name: &str, spec: &SourceSpec) -> Result<u32, SourceError> {
+        let prefix = format!("sources.{name}");
+        match spec.kind.as_str() {
+            #[cfg(feature = "file")]
+            "file" => {
+                let config = file::source::FileSourceConfig::from_options(&prefix, &spec.options)
+                    .map_err(|i| SourceError::Fatal(config_error(i)))?;
+                Ok(config.files().len() as u32)
+            }
+            #[cfg(feature = "generator")]
+            "generator" => {
+                let config = generator::GeneratorConfig::from_options(&prefix, &spec.options)
+                    .map_err(|i| SourceError::Fatal(config_error(i)))?;
+                Ok(config.partitions)
+            }
+            other => Err(SourceError::Fatal(format!("unknown source type `{other}`"))),
+        }
+    }
+
     fn open_source(
         &self,
         name: &str,
         spec: &SourceSpec,
         ctx: &DecodeContext,
+        selection: &PartitionSelection,
     ) -> Result<Vec<Box<dyn SourcePartition>>, SourceError> {
         let prefix = format!("sources.{name}");
         match spec.kind.as_str() {
@@ -122,13 +159,19 @@ impl Connectors for Registry {
             "file" => {
                 let config = file::source::FileSourceConfig::from_options(&prefix, &spec.options)
                     .map_err(|i| SourceError::Fatal(config_error(i)))?;
-                file::source::open_file_source(name, &config, ctx)
+                Ok(select(
+                    file::source::open_file_source(name, &config, ctx)?,
+                    selection,
+                ))
             }
             #[cfg(feature = "generator")]
             "generator" => {
                 let config = generator::GeneratorConfig::from_options(&prefix, &spec.options)
                     .map_err(|i| SourceError::Fatal(config_error(i)))?;
-                generator::open_generator(name, &config, ctx)
+                Ok(select(
+                    generator::open_generator(name, &config, ctx)?,
+                    selection,
+                ))
             }
             other => Err(SourceError::Fatal(format!("unknown source type `{other}`"))),
         }
@@ -136,7 +179,7 @@ impl Connectors for Registry {
 
     fn open_sink(
         &self,
-        _job: &str,
+        _scope: &SinkScope,
         name: &str,
         spec: &SinkSpec,
     ) -> Result<Box<dyn Sink>, SinkError> {

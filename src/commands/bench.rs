@@ -241,6 +241,7 @@ fn parse_baseline(input: &Path, csv: bool) -> anyhow::Result<f64> {
             field: "ts_ms".into(),
             format: TimeFormat::EpochMillis,
             processing_time: false,
+            source_timestamp: false,
         },
     };
     let started = Instant::now();

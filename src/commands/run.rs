@@ -58,6 +58,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         JobOptions {
             shards: args.shards,
             stop: stop.clone(),
+            ..JobOptions::default()
         },
     )
     .context("cannot start the job")?;

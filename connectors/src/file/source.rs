@@ -604,6 +604,7 @@ mod tests {
                 field: time_field.into(),
                 format: TimeFormat::Auto,
                 processing_time: false,
+                source_timestamp: false,
             },
         }
     }

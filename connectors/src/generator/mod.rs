@@ -520,6 +520,7 @@ mod tests {
                 field: time_field.into(),
                 format: TimeFormat::Auto,
                 processing_time: false,
+                source_timestamp: false,
             },
         }
     }

@@ -124,7 +124,9 @@ impl TimeSource {
         TimeSource {
             field: ctx.event_time.field.as_str().into(),
             format: ctx.event_time.format,
-            processing_time: ctx.event_time.processing_time,
+            // A source timestamp is set by the connector after decoding; until then the record
+            // carries the read time, as with processing time.
+            processing_time: ctx.event_time.processing_time || ctx.event_time.source_timestamp,
             slot: ctx.slots.get(&ctx.event_time.field),
         }
     }
@@ -1420,6 +1422,7 @@ mod tests {
                 field: time_field.into(),
                 format,
                 processing_time: false,
+                source_timestamp: false,
             },
         }
     }

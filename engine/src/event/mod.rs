@@ -5,7 +5,7 @@ mod key;
 mod output;
 
 pub use key::Key;
-pub use output::{DeadLetter, LateRecord, Output, ResultSchema, WindowResult};
+pub use output::{DeadLetter, EventRecord, LateRecord, Output, ResultSchema, WindowResult};
 
 use compact_str::CompactString;
 use smallvec::SmallVec;

@@ -87,11 +87,32 @@ pub struct DeadLetter {
     pub error: String,
 }
 
+/// An event passed through a pipeline without a window (`select` instead of `window`): the
+/// selected fields, in the order the pipeline lists them, and the event time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRecord {
+    /// The pipeline that passed it.
+    pub pipeline: CompactString,
+    /// Its event time (ms).
+    pub time: Timestamp,
+    /// The pipeline's `select` fields by name, in order; absent fields are `Null`.
+    pub fields: Vec<(CompactString, super::Value)>,
+}
+
+impl EventRecord {
+    /// The value of field `name`, if selected.
+    pub fn field(&self, name: &str) -> Option<&super::Value> {
+        self.fields.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+}
+
 /// What a pipeline hands to its sinks.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
     /// A window result.
     Result(WindowResult),
+    /// An event of a pipeline without a window.
+    Event(EventRecord),
     /// A late event (to the late output).
     Late(LateRecord),
     /// A rejected record (to the dead-letter output).
@@ -103,6 +124,12 @@ impl Output {
     pub fn to_json(&self) -> serde_json::Value {
         match self {
             Output::Result(r) => serde_json::Value::Object(r.to_json()),
+            Output::Event(e) => serde_json::Value::Object(
+                e.fields
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.to_json()))
+                    .collect(),
+            ),
             Output::Late(l) => {
                 let mut obj = serde_json::Map::new();
                 for (name, v) in &l.fields {

@@ -22,8 +22,8 @@ use super::coordinator::{commit_with_retry, Coordinator, SourceHandle};
 use super::metrics::{JobMetrics, MetricsSnapshot};
 use super::plan::PipelinePlan;
 use super::shard_task::ShardTask;
-use super::sink::{Sink, SinkError};
-use super::source::{DecodeContext, SourceError, SourcePartition};
+use super::sink::{Sink, SinkError, SinkScope};
+use super::source::{DecodeContext, PartitionSelection, SourceError, SourcePartition};
 use super::source_task::{Route, SourceTask};
 use super::staging::{SinkIndex, Staging};
 use super::JobError;
@@ -35,17 +35,25 @@ const CHANNEL_BATCHES: usize = 8;
 /// Opens the connectors a topology names; implemented by the binary over the connectors it
 /// was built with.
 pub trait Connectors {
-    /// Opens every partition of source `name` for one pipeline, decoding with `ctx`.
+    /// How many partitions source `name` has (files, generator instances, stream shards).
+    fn partition_count(&self, name: &str, spec: &SourceSpec) -> Result<u32, SourceError>;
+
+    /// Opens the `selection` of source `name`'s partitions, decoding with `ctx`.
     fn open_source(
         &self,
         name: &str,
         spec: &SourceSpec,
         ctx: &DecodeContext,
+        selection: &PartitionSelection,
     ) -> Result<Vec<Box<dyn SourcePartition>>, SourceError>;
 
-    /// Opens sink `name` of job `job` (the job name scopes its fences).
-    fn open_sink(&self, job: &str, name: &str, spec: &SinkSpec)
-        -> Result<Box<dyn Sink>, SinkError>;
+    /// Opens sink `name` for commits from `scope` (which scopes its fences).
+    fn open_sink(
+        &self,
+        scope: &SinkScope,
+        name: &str,
+        spec: &SinkSpec,
+    ) -> Result<Box<dyn Sink>, SinkError>;
 }
 
 /// Options that do not come from the topology.
@@ -55,6 +63,12 @@ pub struct JobOptions {
     pub shards: Option<u32>,
     /// Set to request a graceful stop: the job commits a last epoch and returns.
     pub stop: Arc<AtomicBool>,
+    /// Which partitions of the sources this job reads (a fleet task reads a subset).
+    pub selection: PartitionSelection,
+    /// The task id scoping sink fences (`None`: `main`, a job reading everything).
+    pub task: Option<String>,
+    /// Overrides `state.dir` (a fleet task keeps its state in its own directory).
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 /// What a finished job did.
@@ -91,15 +105,22 @@ impl Job {
             .or(topology.parallelism.shards)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32))
             .max(1);
-        let store: Arc<dyn StateStore> =
-            Arc::new(RocksStateStore::open(Path::new(&topology.state.dir))?);
+        let state_dir = options
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| Path::new(&topology.state.dir).to_path_buf());
+        let store: Arc<dyn StateStore> = Arc::new(RocksStateStore::open(&state_dir)?);
+        let scope = SinkScope {
+            job: topology.name.clone(),
+            task: options.task.clone().unwrap_or_else(|| "main".into()),
+        };
         let metrics = Arc::new(JobMetrics::default());
 
         let mut sinks: Vec<Box<dyn Sink>> = Vec::with_capacity(topology.sinks.len());
         let mut sink_index: HashMap<&str, SinkIndex> = HashMap::new();
         for (name, spec) in &topology.sinks {
             sink_index.insert(name.as_str(), sinks.len());
-            sinks.push(connectors.open_sink(&topology.name, name, spec)?);
+            sinks.push(connectors.open_sink(&scope, name, spec)?);
         }
 
         let progress = read_progress(store.as_ref())?;
@@ -166,7 +187,8 @@ impl Job {
                 slots,
                 event_time: source_spec.event_time.clone(),
             };
-            let mut partitions = connectors.open_source(source_name, source_spec, &ctx)?;
+            let mut partitions =
+                connectors.open_source(source_name, source_spec, &ctx, &options.selection)?;
             let positions = read_positions(store.as_ref(), source_name)?;
             let mut watermarks = Vec::with_capacity(partitions.len());
             for partition in partitions.iter_mut() {

@@ -24,8 +24,10 @@ mod staging;
 pub use job::{Connectors, Job, JobOptions, JobSummary};
 pub use metrics::{JobMetrics, MetricsSnapshot};
 pub use operator::Operator;
-pub use sink::{Sink, SinkEncoder, SinkError};
-pub use source::{DecodeContext, PollStatus, SourceBatch, SourceError, SourcePartition};
+pub use sink::{Sink, SinkEncoder, SinkError, SinkScope};
+pub use source::{
+    DecodeContext, PartitionSelection, PollStatus, SourceBatch, SourceError, SourcePartition,
+};
 
 use crate::state::StateError;
 

@@ -72,7 +72,7 @@ impl ShardTask {
                     staging.stage(*s, &out);
                 }
             }
-            Output::DeadLetter(_) => {}
+            Output::DeadLetter(_) | Output::Event(_) => {}
         };
 
         loop {

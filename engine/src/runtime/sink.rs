@@ -3,6 +3,28 @@
 use crate::checkpoint::Epoch;
 use crate::event::Output;
 
+/// Where a sink's commits come from. Sinks keep their epoch fences per (job, sink, task):
+/// each task (a set of source partitions owned by one worker at a time) numbers its own
+/// epochs, so two tasks never fence each other out.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SinkScope {
+    /// The topology's `name`.
+    pub job: String,
+    /// The task id: `main` for a job that reads every partition itself, else the id of the
+    /// partition group (e.g. `p3`) the fleet assigned.
+    pub task: String,
+}
+
+impl SinkScope {
+    /// The scope of a job that reads every partition of its sources itself.
+    pub fn main(job: &str) -> SinkScope {
+        SinkScope {
+            job: job.to_string(),
+            task: "main".to_string(),
+        }
+    }
+}
+
 /// Errors a sink reports. `Retryable` errors are retried with backoff (the pipeline is
 /// back-pressured meanwhile); `Fatal` ones stop the job.
 #[derive(Debug, thiserror::Error)]

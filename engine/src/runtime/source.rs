@@ -48,6 +48,26 @@ impl SourceBatch {
     }
 }
 
+/// Which partitions of a source a job reads, by index in `0..partition_count`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum PartitionSelection {
+    /// Every partition.
+    #[default]
+    All,
+    /// Only these partitions (a fleet task).
+    Only(Vec<u32>),
+}
+
+impl PartitionSelection {
+    /// Whether partition `index` is selected.
+    pub fn contains(&self, index: u32) -> bool {
+        match self {
+            PartitionSelection::All => true,
+            PartitionSelection::Only(list) => list.contains(&index),
+        }
+    }
+}
+
 /// What a connector needs to decode records for one pipeline.
 #[derive(Debug, Clone)]
 pub struct DecodeContext {

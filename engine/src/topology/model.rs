@@ -72,6 +72,10 @@ pub struct EventTimeSpec {
     /// (processing-time windows).
     #[serde(default)]
     pub processing_time: bool,
+    /// Use the timestamp the source itself attaches to each record instead of a field: the
+    /// Kafka record timestamp, or the milliseconds part of a Redis Streams entry id.
+    #[serde(default)]
+    pub source_timestamp: bool,
 }
 
 fn default_time_field() -> String {
@@ -84,6 +88,7 @@ impl Default for EventTimeSpec {
             field: default_time_field(),
             format: TimeFormat::default(),
             processing_time: false,
+            source_timestamp: false,
         }
     }
 }
