@@ -82,7 +82,7 @@ fn golden(name: &str) {
         assert_same_results(&actual, &expected.results, &format!("{name} ({way})"));
         if !matches!(
             topology.pipelines["golden"].window,
-            WindowSpec::Session { .. }
+            Some(WindowSpec::Session { .. })
         ) {
             // Fixed windows: the last result of each window (final or not) is the final one.
             let last = actual_last(&results, &expected.schema);

@@ -13,11 +13,15 @@ pub mod mongodb;
 pub mod redis;
 
 use serde::de::DeserializeOwned;
+use std::sync::Arc;
 use weir_engine::runtime::{
     Connectors, DecodeContext, PartitionSelection, Sink, SinkError, SinkScope, SourceError,
     SourcePartition,
 };
-use weir_engine::topology::{ConfigIssue, ConnectorCatalog, SinkSpec, SourceSpec};
+
+use weir_engine::runtime::fleet::FleetBackend;
+use weir_engine::runtime::JobError;
+use weir_engine::topology::{ConfigIssue, ConnectorCatalog, FleetSpec, SinkSpec, SourceSpec};
 
 /// Parses a connector's options map into its config type; every issue's path starts with
 /// `prefix`.
@@ -61,11 +65,36 @@ pub fn sink_types() -> Vec<&'static str> {
     types
 }
 
+/// Fleet backends built into this binary.
+pub fn fleet_types() -> Vec<&'static str> {
+    let mut types = Vec::new();
+    if cfg!(feature = "redis") {
+        types.push("redis");
+    }
+    types
+}
+
 /// The connectors built into this binary: checks their options and opens them.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Registry;
 
 impl ConnectorCatalog for Registry {
+    fn check_fleet(&self, spec: &FleetSpec) -> Vec<ConfigIssue> {
+        match spec.kind.as_str() {
+            #[cfg(feature = "redis")]
+            "redis" => parse_options::<redis::RedisEndpoint>("fleet", &spec.options)
+                .err()
+                .unwrap_or_default(),
+            other => vec![ConfigIssue {
+                path: "fleet.type".into(),
+                message: format!(
+                    "unknown fleet backend `{other}`; this build has: {}",
+                    fleet_types().join(", ")
+                ),
+            }],
+        }
+    }
+
     fn check_source(&self, name: &str, spec: &SourceSpec) -> Vec<ConfigIssue> {
         let prefix = format!("sources.{name}");
         let result: Result<(), Vec<ConfigIssue>> = match spec.kind.as_str() {
@@ -127,6 +156,21 @@ fn select(
 }
 
 impl Connectors for Registry {
+    fn open_fleet(&self, job: &str, spec: &FleetSpec) -> Result<Arc<dyn FleetBackend>, JobError> {
+        match spec.kind.as_str() {
+            #[cfg(feature = "redis")]
+            "redis" => {
+                let endpoint: redis::RedisEndpoint = parse_options("fleet", &spec.options)
+                    .map_err(|i| JobError::Config(config_error(i)))?;
+                Ok(Arc::new(redis::fleet::RedisFleet::new(job, endpoint)))
+            }
+            other => Err(JobError::Config(format!(
+                "fleet.type: unknown fleet backend `{other}`; this build has: {}",
+                fleet_types().join(", ")
+            ))),
+        }
+    }
+
     fn partition_count(&self, name: &str, spec: &SourceSpec) -> Result<u32, SourceError> {
         let prefix = format!("sources.{name}");
         match spec.kind.as_str() {

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use weir_connectors::Registry;
-use weir_engine::runtime::{Job, JobOptions};
+use weir_engine::runtime::fleet::{run_worker, WorkerOptions};
+use weir_engine::runtime::{Connectors, Job, JobOptions};
 use weir_engine::topology::load_file;
 
 use super::validate::{report, INVALID_TOPOLOGY};
@@ -52,6 +53,19 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let stop = Arc::new(AtomicBool::new(false));
     install_stop_handler(stop.clone());
+    if let Some(fleet) = &topology.fleet {
+        let backend = Registry
+            .open_fleet(&topology.name, fleet)
+            .context("cannot join the fleet")?;
+        let options = WorkerOptions {
+            worker_id: fleet.worker_id.clone().unwrap_or_else(default_worker_id),
+            lease_ttl: std::time::Duration::from_millis(fleet.lease_ttl.as_millis()),
+            shards: args.shards,
+            stop,
+        };
+        run_worker(&topology, Arc::new(Registry), backend, options).context("the worker failed")?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let job = Job::build(
         &topology,
         &Registry,
@@ -98,6 +112,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         println!("{json}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `<host name>-<process id>`: unique among live workers.
+fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "worker".into());
+    format!("{host}-{}", std::process::id())
 }
 
 static STOP_FLAG: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();

@@ -265,7 +265,10 @@ pub fn expected(topology: &Topology, pipeline: &str, inputs: &[PathBuf]) -> Expe
     }
     let oracle_spec = OracleSpec {
         key_slots,
-        window: spec.window.clone(),
+        window: spec
+            .window
+            .clone()
+            .expect("the oracle computes windowed pipelines"),
         aggregates: Aggregates::new(aggregates),
         having: spec
             .having
@@ -346,4 +349,68 @@ pub fn line_multiset(path: &Path) -> BTreeMap<String, usize> {
         *m.entry(line.to_string()).or_insert(0) += 1;
     }
     m
+}
+
+/// The events windowless pipeline `pipeline` (without steps) passes on from the JSON-lines
+/// files `inputs`: each decodable line's event time and `select` fields, partition by
+/// partition in order.
+pub fn expected_events(
+    topology: &Topology,
+    pipeline: &str,
+    inputs: &[PathBuf],
+) -> Vec<(i64, serde_json::Map<String, serde_json::Value>)> {
+    let spec = &topology.pipelines[pipeline];
+    assert!(spec.window.is_none() && spec.steps.is_empty());
+    let source = &topology.sources[&spec.source];
+    let mut slots = FieldSlots::default();
+    for f in &spec.select {
+        slots.slot(f);
+    }
+    let mut event_time = source.event_time.clone();
+    event_time.source_timestamp = false;
+    let ctx = DecodeContext {
+        source_name: spec.source.as_str().into(),
+        slots: Arc::new(slots),
+        event_time,
+    };
+    let mut out = Vec::new();
+    for path in inputs {
+        let mut decoder = JsonDecoder::new(&ctx);
+        for line in fs::read_to_string(path).unwrap().lines() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            if let Ok(record) = decoder.decode(line.as_bytes()) {
+                let fields = spec
+                    .select
+                    .iter()
+                    .zip(record.fields.iter())
+                    .map(|(n, v)| (n.clone(), v.to_json()))
+                    .collect();
+                out.push((record.time, fields));
+            }
+        }
+    }
+    out
+}
+
+/// The address of the test Redis server (`WEIR_TEST_REDIS`); panics with how to start one.
+pub fn redis_url() -> String {
+    std::env::var("WEIR_TEST_REDIS").unwrap_or_else(|_| {
+        panic!(
+            "WEIR_TEST_REDIS is not set; start the test servers with \
+             `eval \"$(scripts/services.sh start redis mongodb)\"`"
+        )
+    })
+}
+
+/// The address of the test MongoDB-wire server (`WEIR_TEST_MONGODB`); panics with how to
+/// start one.
+pub fn mongodb_uri() -> String {
+    std::env::var("WEIR_TEST_MONGODB").unwrap_or_else(|_| {
+        panic!(
+            "WEIR_TEST_MONGODB is not set; start the test servers with \
+             `eval \"$(scripts/services.sh start redis mongodb)\"`"
+        )
+    })
 }

@@ -6,7 +6,10 @@
 //! fence atomically with the data they write, so a commit repeated after a crash changes
 //! nothing (see `weir_engine::runtime::Sink`).
 
+pub mod fleet;
+pub mod sink;
 pub mod slot;
+pub mod source;
 
 use std::time::Duration;
 
@@ -70,8 +73,7 @@ use redis::IntoConnectionInfo;
 /// Whether `e` is a passing failure (connection lost, server loading or busy) that a retry
 /// with backoff can fix, rather than a bad command or configuration.
 pub fn is_retryable(e: &redis::RedisError) -> bool {
-    if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
-    {
+    if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
         return true;
     }
     matches!(

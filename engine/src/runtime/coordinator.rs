@@ -10,6 +10,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use crate::checkpoint::{position_key, staged_key, write_committed, write_prepared, Epoch};
 use crate::state::{StateBatch, StateStore, Table};
 
+use super::fleet::{persist, CheckpointReplica};
 use super::messages::{CoordMessage, ShardAck, SourceAck, SourceControl};
 use super::metrics::JobMetrics;
 use super::sink::{Sink, SinkError};
@@ -47,6 +48,8 @@ pub(crate) struct Coordinator {
     pub next_epoch: Epoch,
     pub stop: Arc<AtomicBool>,
     pub metrics: Arc<JobMetrics>,
+    /// A fleet task's checkpoint replica, written before the local store.
+    pub replica: Option<Arc<dyn CheckpointReplica>>,
 }
 
 impl Coordinator {
@@ -157,14 +160,14 @@ impl Coordinator {
             }
         }
         write_prepared(&mut batch, epoch);
-        self.store.write(batch)?;
+        persist(self.replica.as_ref(), self.store.as_ref(), batch)?;
 
         for (sink, bytes) in self.sinks.iter_mut().zip(staged.iter()) {
             commit_with_retry(sink.as_mut(), epoch, bytes, &self.stop, &self.metrics)?;
         }
         let mut done = StateBatch::default();
         write_committed(&mut done, epoch);
-        self.store.write(done)?;
+        persist(self.replica.as_ref(), self.store.as_ref(), done)?;
         for s in &self.sources {
             let _ = s.control.send(SourceControl::Committed(epoch));
         }

@@ -19,6 +19,7 @@ use crate::topology::{SinkSpec, SourceSpec, Topology};
 use crate::window::WindowOperator;
 
 use super::coordinator::{commit_with_retry, Coordinator, SourceHandle};
+use super::fleet::{persist, CheckpointReplica};
 use super::metrics::{JobMetrics, MetricsSnapshot};
 use super::plan::PipelinePlan;
 use super::shard_task::ShardTask;
@@ -34,7 +35,7 @@ const CHANNEL_BATCHES: usize = 8;
 
 /// Opens the connectors a topology names; implemented by the binary over the connectors it
 /// was built with.
-pub trait Connectors {
+pub trait Connectors: Send + Sync {
     /// How many partitions source `name` has (files, generator instances, stream shards).
     fn partition_count(&self, name: &str, spec: &SourceSpec) -> Result<u32, SourceError>;
 
@@ -47,6 +48,18 @@ pub trait Connectors {
         selection: &PartitionSelection,
     ) -> Result<Vec<Box<dyn SourcePartition>>, SourceError>;
 
+    /// Opens the backend the topology's `fleet` section names.
+    fn open_fleet(
+        &self,
+        _job: &str,
+        spec: &crate::topology::FleetSpec,
+    ) -> Result<Arc<dyn super::fleet::FleetBackend>, JobError> {
+        Err(JobError::Config(format!(
+            "fleet.type: unknown fleet backend `{}`",
+            spec.kind
+        )))
+    }
+
     /// Opens sink `name` for commits from `scope` (which scopes its fences).
     fn open_sink(
         &self,
@@ -57,7 +70,7 @@ pub trait Connectors {
 }
 
 /// Options that do not come from the topology.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct JobOptions {
     /// Overrides `parallelism.shards`.
     pub shards: Option<u32>,
@@ -69,6 +82,20 @@ pub struct JobOptions {
     pub task: Option<String>,
     /// Overrides `state.dir` (a fleet task keeps its state in its own directory).
     pub state_dir: Option<std::path::PathBuf>,
+    /// A fleet task's checkpoint replica: every checkpoint batch is written there first.
+    pub replica: Option<Arc<dyn CheckpointReplica>>,
+}
+
+impl std::fmt::Debug for JobOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobOptions")
+            .field("shards", &self.shards)
+            .field("selection", &self.selection)
+            .field("task", &self.task)
+            .field("state_dir", &self.state_dir)
+            .field("replicated", &self.replica.is_some())
+            .finish()
+    }
 }
 
 /// What a finished job did.
@@ -141,7 +168,7 @@ impl Job {
             }
             let mut batch = StateBatch::default();
             write_committed(&mut batch, epoch);
-            store.write(batch)?;
+            persist(options.replica.as_ref(), store.as_ref(), batch)?;
         }
         match decision {
             RecoveryDecision::Fresh => tracing::info!("starting fresh"),
@@ -211,6 +238,13 @@ impl Job {
             for plan in &plans {
                 let result_sinks: Vec<SinkIndex> = plan.sinks.iter().filter_map(resolve).collect();
                 let late_sink = plan.late_output.as_ref().and_then(resolve);
+                let Some(operator_spec) = &plan.operator else {
+                    // Windowless: the source task stages the pipeline's events itself.
+                    for partition_routes in routes.iter_mut() {
+                        partition_routes.push(Route::stateless(plan.clone(), result_sinks.clone()));
+                    }
+                    continue;
+                };
                 let mut shard_inputs: Vec<Vec<_>> = (0..shards).map(|_| Vec::new()).collect();
                 for partition_routes in routes.iter_mut() {
                     let mut outputs = Vec::with_capacity(shards as usize);
@@ -222,7 +256,7 @@ impl Job {
                     partition_routes.push(Route::new(plan.clone(), outputs));
                 }
                 for (shard, inputs) in shard_inputs.into_iter().enumerate() {
-                    let mut op_spec = plan.operator.clone();
+                    let mut op_spec = operator_spec.clone();
                     op_spec.shard = shard as u32;
                     let operator = Box::new(WindowOperator::new(op_spec, store.clone())?);
                     shard_tasks.push(ShardTask {
@@ -272,6 +306,7 @@ impl Job {
             next_epoch: next_epoch(&progress),
             stop: options.stop,
             metrics: metrics.clone(),
+            replica: options.replica,
         };
         Ok(Job {
             metrics,

@@ -3,8 +3,10 @@
 
 use std::sync::Arc;
 
+use compact_str::CompactString;
+
 use crate::aggregate::{Aggregates, CompiledAggregate};
-use crate::event::{FieldSlots, Key, Record, ResultSchema, Value};
+use crate::event::{EventRecord, FieldSlots, Key, Record, ResultSchema, Value};
 use crate::expr::{ExprError, RecordExpr, ResultPredicate};
 use crate::topology::{AggregateFunction, EmitMode, PipelineSpec, StepSpec, Topology};
 use crate::window::WindowOperatorSpec;
@@ -33,7 +35,10 @@ pub(crate) struct PipelinePlan {
     pub steps: Vec<Step>,
     pub key_slots: Vec<usize>,
     requirements: Vec<(usize, Requirement)>,
-    pub operator: WindowOperatorSpec,
+    /// The window operator; `None` for a windowless pipeline, which emits events instead.
+    pub operator: Option<WindowOperatorSpec>,
+    /// A windowless pipeline's `select` fields with their slots.
+    pub select: Vec<(CompactString, usize)>,
     pub sinks: Vec<String>,
     pub late_output: Option<String>,
 }
@@ -123,12 +128,17 @@ impl PipelinePlan {
             Some(src) => Some(Arc::new(ResultPredicate::compile(src)?)),
             None => None,
         };
+        let select = spec
+            .select
+            .iter()
+            .map(|f| (CompactString::from(f.as_str()), slots.slot(f)))
+            .collect();
         let slots = Arc::new(slots.clone());
-        let operator = WindowOperatorSpec {
+        let operator = spec.window.as_ref().map(|window| WindowOperatorSpec {
             operator_id: format!("{}/{}", topology.name, name).into(),
             schema,
             slots: slots.clone(),
-            window: spec.window.clone(),
+            window: window.clone(),
             aggregates: Aggregates::new(aggregates),
             emit: spec.emit.mode,
             emit_every_ms: match spec.emit.mode {
@@ -140,7 +150,7 @@ impl PipelinePlan {
             shard: 0,
             shards,
             memory_budget_bytes,
-        };
+        });
         Ok(PipelinePlan {
             name: name.to_string(),
             slots,
@@ -148,6 +158,7 @@ impl PipelinePlan {
             key_slots,
             requirements,
             operator,
+            select,
             sinks: spec.sinks.clone(),
             late_output: spec.late_output.clone(),
         })
@@ -160,8 +171,26 @@ impl PipelinePlan {
                 Step::Filter(expr) | Step::Compute { expr, .. } => expr.bind(&slots),
             }
         }
-        self.operator.slots = slots.clone();
+        if let Some(op) = self.operator.as_mut() {
+            op.slots = slots.clone();
+        }
         self.slots = slots;
+    }
+
+    /// A windowless pipeline's output for `record` (after [`PipelinePlan::prepare`]).
+    pub fn event(&self, record: &Record) -> EventRecord {
+        EventRecord {
+            pipeline: self.name.as_str().into(),
+            time: record.time,
+            fields: self
+                .select
+                .iter()
+                .map(|(name, slot)| {
+                    let v = record.fields.get(*slot).cloned().unwrap_or(Value::Null);
+                    (name.clone(), v)
+                })
+                .collect(),
+        }
     }
 
     /// Runs the steps and checks on `record`; on success returns its key.

@@ -27,6 +27,8 @@ pub(crate) struct Route {
     pub shards: Vec<Sender<ShardMessage>>,
     /// Records waiting to be sent, per shard.
     pending: Vec<Vec<KeyedRecord>>,
+    /// For a windowless pipeline (no shards): the sinks its events go to.
+    event_sinks: Vec<SinkIndex>,
 }
 
 impl Route {
@@ -36,6 +38,17 @@ impl Route {
             plan,
             shards,
             pending,
+            event_sinks: Vec::new(),
+        }
+    }
+
+    /// A route for a windowless pipeline: events are staged by the source task itself.
+    pub fn stateless(plan: Arc<PipelinePlan>, event_sinks: Vec<SinkIndex>) -> Self {
+        Route {
+            plan,
+            shards: Vec::new(),
+            pending: Vec::new(),
+            event_sinks,
         }
     }
 
@@ -219,6 +232,14 @@ impl SourceTask {
                         }
                     };
                     match self.routes[r].plan.prepare(&mut rec) {
+                        Ok(_) if self.routes[r].plan.operator.is_none() => {
+                            let out = Output::Event(self.routes[r].plan.event(&rec));
+                            JobMetrics::add(&self.metrics.results_out, 1);
+                            for i in 0..self.routes[r].event_sinks.len() {
+                                let sink = self.routes[r].event_sinks[i];
+                                self.staging.stage(sink, &out);
+                            }
+                        }
                         Ok(key) => {
                             let key_hash = key.stable_hash();
                             self.routes[r].push(KeyedRecord {

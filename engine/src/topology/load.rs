@@ -13,8 +13,9 @@ use serde_yaml::{Mapping, Value};
 use super::env::{display_path, interpolate, key_text, Substitution};
 use super::{
     AggregateConfig, AggregateFunction, CheckpointConfig, ComputeSpec, ConfigIssue,
-    ConnectorCatalog, Duration, EmitMode, EmitSpec, EventTimeSpec, ParallelismConfig, PipelineSpec,
-    SinkSpec, SourceSpec, StateConfig, StepSpec, Topology, WatermarkConfig, WindowSpec,
+    ConnectorCatalog, Duration, EmitMode, EmitSpec, EventTimeSpec, FleetSpec, ParallelismConfig,
+    PipelineSpec, SinkSpec, SourceSpec, StateConfig, StepSpec, Topology, WatermarkConfig,
+    WindowSpec,
 };
 use crate::expr::{RecordExpr, ResultPredicate};
 
@@ -32,6 +33,7 @@ const TOPOLOGY_FIELDS: &[&str] = &[
     "state",
     "checkpoint",
     "parallelism",
+    "fleet",
 ];
 
 const PIPELINE_FIELDS: &[&str] = &[
@@ -40,6 +42,7 @@ const PIPELINE_FIELDS: &[&str] = &[
     "key_by",
     "window",
     "aggregates",
+    "select",
     "having",
     "emit",
     "sinks",
@@ -247,6 +250,7 @@ impl Loader {
         let mut state = Some(StateConfig::default());
         let mut checkpoint = Some(CheckpointConfig::default());
         let mut parallelism = Some(ParallelismConfig::default());
+        let mut fleet = Some(None);
         for (k, v) in root {
             let key = key_text(k);
             match key.as_str() {
@@ -286,7 +290,14 @@ impl Loader {
                         self.issue("parallelism.shards", "`shards` must be at least 1");
                     }
                 }
-                "state" | "checkpoint" | "parallelism" => {}
+                "fleet" if !v.is_null() => {
+                    fleet = self.de::<FleetSpec>(v, "fleet").map(Some);
+                    if let Some(Some(spec)) = &fleet {
+                        let found = catalog.check_fleet(spec);
+                        self.issues.extend(found);
+                    }
+                }
+                "state" | "checkpoint" | "parallelism" | "fleet" => {}
                 _ => {
                     ok = false;
                     self.issue(
@@ -335,6 +346,7 @@ impl Loader {
             state: state?,
             checkpoint: checkpoint?,
             parallelism: parallelism?,
+            fleet: fleet?,
         })
     }
 
@@ -500,6 +512,7 @@ impl Loader {
         let mut key_by: Option<Vec<String>> = None;
         let mut window = None;
         let mut aggregates: Option<Vec<AggregateConfig>> = None;
+        let mut select: Option<Vec<String>> = None;
         let mut having = Some(None);
         let mut emit = Some(EmitSpec::default());
         let mut sinks = None;
@@ -532,6 +545,12 @@ impl Loader {
                 }
                 "window" => window = self.window(v, &p),
                 "aggregates" => aggregates = self.aggregates(v, &p),
+                "select" => {
+                    select = self.de::<Vec<String>>(v, &p);
+                    if select.as_ref().is_some_and(Vec::is_empty) {
+                        self.issue(&p, "`select` is empty; list the fields to pass on");
+                    }
+                }
                 "having" => having = self.de::<Option<String>>(v, &p),
                 "emit" if v.is_null() => {}
                 "emit" => {
@@ -569,10 +588,36 @@ impl Loader {
                 }
             }
         }
-        for field in ["source", "key_by", "window", "aggregates", "sinks"] {
-            if !map.contains_key(field) {
+        let windowed = map.contains_key("window");
+        let required: &[&str] = if windowed {
+            &["source", "key_by", "window", "aggregates", "sinks"]
+        } else {
+            &["source", "select", "sinks"]
+        };
+        for field in required {
+            if !map.contains_key(*field) {
                 self.missing(path, field);
             }
+        }
+        let windowed_only = ["key_by", "aggregates", "having", "emit", "late_output"];
+        for field in windowed_only
+            .iter()
+            .filter(|f| !windowed && map.contains_key(**f))
+        {
+            self.issue(
+                &join(path, field),
+                format!(
+                    "`{field}` needs a `window`; a pipeline without one passes events through \
+                     with `select`"
+                ),
+            );
+        }
+        if windowed && map.contains_key("select") {
+            self.issue(
+                &join(path, "select"),
+                "`select` is for pipelines without a `window`; windowed pipelines emit their \
+                 key fields and aggregates",
+            );
         }
         if let (Some(keys), Some(aggs)) = (&key_by, &aggregates) {
             self.check_aggregate_names(keys, aggs, path);
@@ -613,9 +658,10 @@ impl Loader {
         Some(PipelineSpec {
             source: source?,
             steps: steps?,
-            key_by: key_by?,
-            window: window?,
-            aggregates: aggregates?,
+            key_by: if windowed { key_by? } else { Vec::new() },
+            window: if windowed { Some(window?) } else { None },
+            aggregates: if windowed { aggregates? } else { Vec::new() },
+            select: if windowed { Vec::new() } else { select? },
             having: having?,
             emit: emit?,
             sinks: sinks?,

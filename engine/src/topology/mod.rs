@@ -42,4 +42,8 @@ pub trait ConnectorCatalog {
     fn check_source(&self, name: &str, spec: &SourceSpec) -> Vec<ConfigIssue>;
     /// Problems with sink `name`'s options (path prefix `sinks.<name>`).
     fn check_sink(&self, name: &str, spec: &SinkSpec) -> Vec<ConfigIssue>;
+    /// Problems with the `fleet` section's backend options (path prefix `fleet`).
+    fn check_fleet(&self, _spec: &FleetSpec) -> Vec<ConfigIssue> {
+        Vec::new()
+    }
 }

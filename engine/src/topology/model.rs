@@ -30,6 +30,33 @@ pub struct Topology {
     /// Parallelism inside one worker.
     #[serde(default)]
     pub parallelism: ParallelismConfig,
+    /// Run as one worker of a fleet sharing the job (absent: this process reads every
+    /// partition itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetSpec>,
+}
+
+/// Several `weir run` processes sharing one job: each partition of the (single) source is a
+/// task owned by one worker at a time through a lease; a task's checkpoints are replicated in
+/// the backend, so a dead worker's tasks move to the others with their window state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct FleetSpec {
+    /// Where workers meet: `redis`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// How long a task's lease lasts without renewal; a dead worker's tasks move after this.
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl: Duration,
+    /// This worker's name in the fleet. Default: host name and process id.
+    #[serde(default)]
+    pub worker_id: Option<String>,
+    /// Backend options (for `redis`: `url`, `username`, `password`).
+    #[serde(flatten)]
+    pub options: serde_json::Map<String, serde_json::Value>,
+}
+
+fn default_lease_ttl() -> Duration {
+    Duration::from_millis(10_000)
 }
 
 fn default_job_name() -> String {
@@ -150,12 +177,20 @@ pub struct PipelineSpec {
     /// Record-level steps applied in order before grouping.
     #[serde(default)]
     pub steps: Vec<StepSpec>,
-    /// Grouping fields; one or more.
+    /// Grouping fields; one or more (windowed pipelines only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub key_by: Vec<String>,
-    /// The window.
-    pub window: WindowSpec,
-    /// Aggregates computed per key and window; output names must be unique.
+    /// The window. Without one the pipeline is stateless: each record that passes the steps
+    /// goes to the sinks as an event with the `select` fields (feeds, bridges, raw archives).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<WindowSpec>,
+    /// Aggregates computed per key and window; output names must be unique (windowed
+    /// pipelines only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aggregates: Vec<AggregateConfig>,
+    /// The fields a windowless pipeline passes on, in order (required without `window`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub select: Vec<String>,
     /// A CEL predicate over a result's fields (key fields, aggregate names, `window_start`,
     /// `window_end`); only results for which it is true are emitted (alerting).
     #[serde(default)]

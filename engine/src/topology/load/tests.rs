@@ -116,11 +116,11 @@ fn valid_topology_loads() {
     let views = &t.pipelines["views"];
     assert_eq!(
         views.window,
-        WindowSpec::Sliding {
+        Some(WindowSpec::Sliding {
             size: Duration::from_millis(600_000),
             slide: Duration::from_millis(60_000),
             allowed_lateness: Some(Duration::from_millis(30_000)),
-        }
+        })
     );
     assert_eq!(views.steps.len(), 2);
     assert_eq!(views.aggregates[2].q, Some(0.99));
@@ -470,10 +470,10 @@ checkpoint:
     );
     assert_eq!(
         t.pipelines["p"].window,
-        WindowSpec::Tumbling {
+        Some(WindowSpec::Tumbling {
             size: Duration::from_millis(300_000),
             allowed_lateness: None,
-        }
+        })
     );
     assert_eq!(
         t.sinks["f"].options["path"],

@@ -1,0 +1,370 @@
+//! A fleet of workers sharing a job: each source partition is a *task* owned by exactly one
+//! worker at a time, through leases; each task's checkpoints are replicated outside the worker,
+//! so when a worker dies another takes its tasks over with their window state.
+//!
+//! A task is run as its own [`Job`] over one partition, with its own epochs, its own state
+//! directory (a cache of the replica) and sink fences scoped to the task. The epoch protocol is
+//! unchanged; the replica is written before the local store at each step, and only while the
+//! worker holds the task's lease, so a worker that lost its lease can neither prepare nor
+//! confirm an epoch. A new owner reads the replica: an epoch prepared there but not confirmed
+//! is committed again from its staged outputs (sink fences make that a no-op where it landed).
+//!
+//! Balancing: every worker heartbeats; with `n` partitions and `w` live workers each worker
+//! aims at `ceil(n / w)` tasks, releasing extra tasks gracefully (a last checkpoint, then the
+//! lease) and taking free ones. A dead worker's leases expire after the lease TTL.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::checkpoint::{read_progress, Progress};
+use crate::state::{RocksStateStore, StateBatch, StateStore};
+use crate::topology::Topology;
+
+use super::job::{Connectors, Job, JobOptions};
+use super::source::PartitionSelection;
+use super::JobError;
+
+/// Errors of a checkpoint replica or a lease backend.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FleetError {
+    /// This worker no longer holds the task's lease; it must stop the task.
+    #[error("lease lost: {0}")]
+    Fenced(String),
+    /// A passing failure (server unavailable); retried with backoff.
+    #[error("retryable fleet error: {0}")]
+    Retryable(String),
+    /// A failure retrying will not fix.
+    #[error("fleet error: {0}")]
+    Fatal(String),
+}
+
+/// A durable copy of one task's checkpoint state outside the worker (a changelog). Holds every
+/// table the local store holds, as of the last batch replicated.
+pub trait CheckpointReplica: Send + Sync {
+    /// The epochs recorded in the replica (to tell whether a local cache is current).
+    fn progress(&self) -> Result<Progress, FleetError>;
+
+    /// Copies every replicated entry into `store`, which is empty. Returns the entry count.
+    fn restore(&self, store: &dyn StateStore) -> Result<u64, FleetError>;
+
+    /// Applies `batch` atomically, only while the lease this replica was opened with is still
+    /// held ([`FleetError::Fenced`] otherwise, changing nothing).
+    fn replicate(&self, batch: &StateBatch) -> Result<(), FleetError>;
+}
+
+/// Where workers meet: liveness, task leases and checkpoint replicas.
+pub trait FleetBackend: Send + Sync {
+    /// Records that `worker` is alive for `ttl`; returns how many workers are alive.
+    fn heartbeat(&self, worker: &str, ttl: Duration) -> Result<u32, FleetError>;
+
+    /// Takes the lease of `task` for `ttl` if nobody holds it; returns the lease token.
+    fn acquire(
+        &self,
+        task: &str,
+        worker: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, FleetError>;
+
+    /// Extends a held lease; `false` when it was lost (expired and maybe taken).
+    fn renew(&self, task: &str, token: &str, ttl: Duration) -> Result<bool, FleetError>;
+
+    /// Gives a held lease up (no-op when it was lost).
+    fn release(&self, task: &str, token: &str) -> Result<(), FleetError>;
+
+    /// Leaves the fleet: the worker no longer counts as alive.
+    fn leave(&self, worker: &str) -> Result<(), FleetError>;
+
+    /// The replica of `task`, fenced by the lease `token`.
+    fn replica(&self, task: &str, token: &str) -> Result<Arc<dyn CheckpointReplica>, FleetError>;
+}
+
+/// How a worker joins a fleet.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// This worker's name; unique in the fleet (default: host name and process id).
+    pub worker_id: String,
+    /// How long a lease lasts without renewal: a dead worker's tasks move after this.
+    pub lease_ttl: Duration,
+    /// Overrides `parallelism.shards` of each task.
+    pub shards: Option<u32>,
+    /// Set to leave gracefully: every task commits a last epoch and releases its lease.
+    pub stop: Arc<AtomicBool>,
+}
+
+/// The id of the task reading partition `index`.
+pub fn task_id(index: u32) -> String {
+    format!("p{index}")
+}
+
+/// The local state directory (a replica cache) of `task` under the topology's state dir.
+pub fn task_state_dir(state_dir: &Path, task: &str) -> PathBuf {
+    state_dir.join("tasks").join(task)
+}
+
+struct RunningTask {
+    token: String,
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Result<(), JobError>>,
+}
+
+/// Runs this worker's share of `topology`'s tasks until a stop is requested (then releases
+/// every task after a last checkpoint). The topology must have exactly one source.
+pub fn run_worker(
+    topology: &Topology,
+    connectors: Arc<dyn Connectors + Send + Sync>,
+    backend: Arc<dyn FleetBackend>,
+    options: WorkerOptions,
+) -> Result<(), JobError> {
+    let (source_name, source_spec) =
+        match topology.sources.iter().collect::<Vec<_>>()[..] {
+            [(name, spec)] => (name.clone(), spec.clone()),
+            _ => return Err(JobError::Config(
+                "a fleet runs topologies with exactly one source (its partitions are the tasks)"
+                    .into(),
+            )),
+        };
+    let partitions = connectors.partition_count(&source_name, &source_spec)?;
+    let ttl = options.lease_ttl.max(Duration::from_millis(300));
+    let tick = ttl / 3;
+    let mut running: BTreeMap<u32, RunningTask> = BTreeMap::new();
+    // Tasks whose bounded input ended here; not taken again by this worker.
+    let mut done: std::collections::BTreeSet<u32> = std::collections::BTreeSet::new();
+    // Workers start scanning for free tasks at different partitions, so they do not all race
+    // for the same lease.
+    let offset = (crate::event::Key::from_bytes(options.worker_id.as_bytes()).stable_hash()
+        % u64::from(partitions.max(1))) as u32;
+    tracing::info!(worker = %options.worker_id, partitions, "joined the fleet");
+
+    let result = loop {
+        let stopping = options.stop.load(Ordering::Relaxed);
+        if stopping {
+            break Ok(());
+        }
+        let live = match backend.heartbeat(&options.worker_id, ttl) {
+            Ok(n) => n.max(1),
+            Err(e) => {
+                tracing::warn!(error = %e, "heartbeat failed; retrying");
+                std::thread::sleep(tick);
+                continue;
+            }
+        };
+
+        // Tasks that ended: a failure is logged and the task released, so another worker (or
+        // this one, later) takes it over from its replica.
+        let finished: Vec<u32> = running
+            .iter()
+            .filter(|(_, t)| t.thread.is_finished())
+            .map(|(p, _)| *p)
+            .collect();
+        for p in finished {
+            if let Some(t) = running.remove(&p) {
+                match t.thread.join() {
+                    Ok(Ok(())) => {
+                        tracing::info!(task = %task_id(p), "task finished: its input ended");
+                        done.insert(p);
+                    }
+                    Ok(Err(e)) => tracing::error!(task = %task_id(p), error = %e, "task failed"),
+                    Err(_) => tracing::error!(task = %task_id(p), "task panicked"),
+                }
+                let _ = backend.release(&task_id(p), &t.token);
+            }
+        }
+
+        // Renew what we hold; a lost lease stops the task at once (its replica writes are
+        // fenced anyway).
+        let mut lost = Vec::new();
+        for (p, t) in &running {
+            match backend.renew(&task_id(*p), &t.token, ttl) {
+                Ok(true) => {}
+                Ok(false) => lost.push(*p),
+                Err(e) => tracing::warn!(task = %task_id(*p), error = %e, "lease renewal failed"),
+            }
+        }
+        for p in lost {
+            if let Some(t) = running.remove(&p) {
+                tracing::warn!(task = %task_id(p), "lease lost; stopping the task");
+                t.stop.store(true, Ordering::Relaxed);
+                let _ = t.thread.join();
+            }
+        }
+
+        let target = partitions.div_ceil(live) as usize;
+        if running.len() > target {
+            // Hand the highest tasks back gracefully: last checkpoint, then release.
+            let extra: Vec<u32> = running
+                .keys()
+                .rev()
+                .take(running.len() - target)
+                .copied()
+                .collect();
+            for p in extra {
+                if let Some(t) = running.remove(&p) {
+                    tracing::info!(task = %task_id(p), live, "handing the task over");
+                    stop_task(&*backend, p, t);
+                }
+            }
+        } else if running.len() < target {
+            for i in 0..partitions {
+                if running.len() >= target {
+                    break;
+                }
+                let p = (offset + i) % partitions;
+                if running.contains_key(&p) || done.contains(&p) {
+                    continue;
+                }
+                match backend.acquire(&task_id(p), &options.worker_id, ttl) {
+                    Ok(Some(token)) => {
+                        let task =
+                            start_task(topology, &connectors, &*backend, p, &token, &options);
+                        match task {
+                            Ok(t) => {
+                                running.insert(p, t);
+                            }
+                            Err(e) => {
+                                tracing::error!(task = %task_id(p), error = %e, "cannot start the task");
+                                let _ = backend.release(&task_id(p), &token);
+                            }
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(task = %task_id(p), error = %e, "lease request failed")
+                    }
+                }
+            }
+        }
+        sleep_unless_stopped(tick, &options.stop);
+    };
+
+    for (p, t) in std::mem::take(&mut running) {
+        stop_task(&*backend, p, t);
+    }
+    let _ = backend.leave(&options.worker_id);
+    result
+}
+
+fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) {
+    let until = Instant::now() + d;
+    while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn stop_task(backend: &dyn FleetBackend, partition: u32, task: RunningTask) {
+    task.stop.store(true, Ordering::Relaxed);
+    match task.thread.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!(task = %task_id(partition), error = %e, "task failed while stopping")
+        }
+        Err(_) => tracing::error!(task = %task_id(partition), "task panicked"),
+    }
+    if let Err(e) = backend.release(&task_id(partition), &task.token) {
+        tracing::warn!(task = %task_id(partition), error = %e, "cannot release the lease; it expires");
+    }
+}
+
+fn start_task(
+    topology: &Topology,
+    connectors: &Arc<dyn Connectors + Send + Sync>,
+    backend: &dyn FleetBackend,
+    partition: u32,
+    token: &str,
+    options: &WorkerOptions,
+) -> Result<RunningTask, JobError> {
+    let task = task_id(partition);
+    let replica = backend.replica(&task, token).map_err(fleet_to_job)?;
+    let dir = task_state_dir(Path::new(&topology.state.dir), &task);
+    prepare_local_state(&dir, replica.as_ref(), &task)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let job_options = JobOptions {
+        shards: options.shards,
+        stop: stop.clone(),
+        selection: PartitionSelection::Only(vec![partition]),
+        task: Some(task.clone()),
+        state_dir: Some(dir),
+        replica: Some(replica),
+    };
+    let topology = topology.clone();
+    let connectors = connectors.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("weir-task-{task}"))
+        .spawn(move || {
+            let job = Job::build(&topology, connectors.as_ref(), job_options)?;
+            job.run().map(drop)
+        })
+        .map_err(|e| JobError::Task(format!("cannot start a thread: {e}")))?;
+    tracing::info!(task = %task, "task started");
+    Ok(RunningTask {
+        token: token.to_string(),
+        stop,
+        thread,
+    })
+}
+
+/// Makes `dir` hold the replica's state: the local store is reused when it is at the same
+/// epochs as the replica (this worker held the task last), else rebuilt from the replica.
+fn prepare_local_state(
+    dir: &Path,
+    replica: &dyn CheckpointReplica,
+    task: &str,
+) -> Result<(), JobError> {
+    let remote = replica.progress().map_err(fleet_to_job)?;
+    if dir.exists() {
+        let local = RocksStateStore::open(dir).and_then(|s| read_progress(&s));
+        match local {
+            Ok(local) if local == remote => {
+                tracing::info!(task, ?remote, "local state is current; reusing it");
+                return Ok(());
+            }
+            _ => {}
+        }
+        std::fs::remove_dir_all(dir)
+            .map_err(|e| JobError::Task(format!("cannot clear {}: {e}", dir.display())))?;
+    }
+    let started = Instant::now();
+    let store = RocksStateStore::open(dir)?;
+    let entries = replica.restore(&store).map_err(fleet_to_job)?;
+    store.flush()?;
+    tracing::info!(
+        task,
+        entries,
+        restore_ms = started.elapsed().as_millis() as u64,
+        ?remote,
+        "state restored from the replica"
+    );
+    Ok(())
+}
+
+pub(crate) fn fleet_to_job(e: FleetError) -> JobError {
+    JobError::Task(e.to_string())
+}
+
+/// Replicates `batch` (when there is a replica), retrying passing failures with backoff, then
+/// writes it to the local store. A lost lease is an error: the task must stop.
+pub(crate) fn persist(
+    replica: Option<&Arc<dyn CheckpointReplica>>,
+    store: &dyn StateStore,
+    batch: StateBatch,
+) -> Result<(), JobError> {
+    if let Some(replica) = replica {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match replica.replicate(&batch) {
+                Ok(()) => break,
+                Err(FleetError::Retryable(reason)) => {
+                    tracing::warn!(%reason, "checkpoint replication failed; retrying");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(fleet_to_job(e)),
+            }
+        }
+    }
+    store.write(batch)?;
+    Ok(())
+}
