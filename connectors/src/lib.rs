@@ -53,6 +53,9 @@ pub fn source_types() -> Vec<&'static str> {
     if cfg!(feature = "generator") {
         types.push("generator");
     }
+    if cfg!(feature = "redis") {
+        types.push("redis_streams");
+    }
     types
 }
 
@@ -61,6 +64,17 @@ pub fn sink_types() -> Vec<&'static str> {
     let mut types = vec!["console"];
     if cfg!(feature = "file") {
         types.push("file");
+    }
+    if cfg!(feature = "redis") {
+        types.extend([
+            "redis_stream",
+            "redis_feed",
+            "redis_hash",
+            "redis_leaderboard",
+        ]);
+    }
+    if cfg!(feature = "mongodb") {
+        types.push("mongodb");
     }
     types
 }
@@ -106,6 +120,10 @@ impl ConnectorCatalog for Registry {
             "generator" => {
                 generator::GeneratorConfig::from_options(&prefix, &spec.options).map(drop)
             }
+            #[cfg(feature = "redis")]
+            "redis_streams" => {
+                redis::source::RedisStreamsConfig::from_options(&prefix, &spec.options).map(drop)
+            }
             other => Err(vec![ConfigIssue {
                 path: format!("{prefix}.type"),
                 message: format!(
@@ -123,6 +141,24 @@ impl ConnectorCatalog for Registry {
             "console" => console::ConsoleSinkConfig::from_options(&prefix, &spec.options).map(drop),
             #[cfg(feature = "file")]
             "file" => file::sink::FileSinkConfig::from_options(&prefix, &spec.options).map(drop),
+            #[cfg(feature = "redis")]
+            "redis_stream" => {
+                redis::sink::StreamSinkConfig::from_options(&prefix, &spec.options).map(drop)
+            }
+            #[cfg(feature = "redis")]
+            "redis_feed" => {
+                redis::sink::FeedSinkConfig::from_options(&prefix, &spec.options).map(drop)
+            }
+            #[cfg(feature = "redis")]
+            "redis_hash" => {
+                redis::sink::HashSinkConfig::from_options(&prefix, &spec.options).map(drop)
+            }
+            #[cfg(feature = "redis")]
+            "redis_leaderboard" => {
+                redis::sink::LeaderboardSinkConfig::from_options(&prefix, &spec.options).map(drop)
+            }
+            #[cfg(feature = "mongodb")]
+            "mongodb" => mongodb::MongoSinkConfig::from_options(&prefix, &spec.options).map(drop),
             other => Err(vec![ConfigIssue {
                 path: format!("{prefix}.type"),
                 message: format!(
@@ -186,6 +222,13 @@ impl Connectors for Registry {
                     .map_err(|i| SourceError::Fatal(config_error(i)))?;
                 Ok(config.partitions)
             }
+            #[cfg(feature = "redis")]
+            "redis_streams" => {
+                let config =
+                    redis::source::RedisStreamsConfig::from_options(&prefix, &spec.options)
+                        .map_err(|i| SourceError::Fatal(config_error(i)))?;
+                Ok(config.partition_count())
+            }
             other => Err(SourceError::Fatal(format!("unknown source type `{other}`"))),
         }
     }
@@ -217,13 +260,20 @@ impl Connectors for Registry {
                     selection,
                 ))
             }
+            #[cfg(feature = "redis")]
+            "redis_streams" => {
+                let config =
+                    redis::source::RedisStreamsConfig::from_options(&prefix, &spec.options)
+                        .map_err(|i| SourceError::Fatal(config_error(i)))?;
+                redis::source::open_redis_streams(name, &config, ctx, selection)
+            }
             other => Err(SourceError::Fatal(format!("unknown source type `{other}`"))),
         }
     }
 
     fn open_sink(
         &self,
-        _scope: &SinkScope,
+        scope: &SinkScope,
         name: &str,
         spec: &SinkSpec,
     ) -> Result<Box<dyn Sink>, SinkError> {
@@ -239,6 +289,41 @@ impl Connectors for Registry {
                 let config = file::sink::FileSinkConfig::from_options(&prefix, &spec.options)
                     .map_err(|i| SinkError::Fatal(config_error(i)))?;
                 Ok(Box::new(file::sink::FileSink::open(name, &config)?))
+            }
+            #[cfg(feature = "redis")]
+            "redis_stream" => {
+                let config = redis::sink::StreamSinkConfig::from_options(&prefix, &spec.options)
+                    .map_err(|i| SinkError::Fatal(config_error(i)))?;
+                Ok(Box::new(redis::sink::StreamSink::open(
+                    name, scope, &config,
+                )?))
+            }
+            #[cfg(feature = "redis")]
+            "redis_feed" => {
+                let config = redis::sink::FeedSinkConfig::from_options(&prefix, &spec.options)
+                    .map_err(|i| SinkError::Fatal(config_error(i)))?;
+                Ok(Box::new(redis::sink::FeedSink::open(name, scope, &config)?))
+            }
+            #[cfg(feature = "redis")]
+            "redis_hash" => {
+                let config = redis::sink::HashSinkConfig::from_options(&prefix, &spec.options)
+                    .map_err(|i| SinkError::Fatal(config_error(i)))?;
+                Ok(Box::new(redis::sink::HashSink::open(name, scope, &config)?))
+            }
+            #[cfg(feature = "redis")]
+            "redis_leaderboard" => {
+                let config =
+                    redis::sink::LeaderboardSinkConfig::from_options(&prefix, &spec.options)
+                        .map_err(|i| SinkError::Fatal(config_error(i)))?;
+                Ok(Box::new(redis::sink::LeaderboardSink::open(
+                    name, scope, &config,
+                )?))
+            }
+            #[cfg(feature = "mongodb")]
+            "mongodb" => {
+                let config = mongodb::MongoSinkConfig::from_options(&prefix, &spec.options)
+                    .map_err(|i| SinkError::Fatal(config_error(i)))?;
+                Ok(Box::new(mongodb::MongoSink::open(name, scope, &config)?))
             }
             other => Err(SinkError::Fatal(format!("unknown sink type `{other}`"))),
         }

@@ -562,6 +562,10 @@ fn cluster_mode_fences_each_slot_and_writes_the_same_data() {
         .iter()
         .map(|k| weir_connectors::redis::slot::key_slot(k.as_bytes()))
         .collect();
+    assert!(
+        slots.len() > 1,
+        "the keys should spread over slots: {slots:?}"
+    );
     assert_eq!(fences.len(), slots.len());
     assert_eq!(fenced_slots, slots);
     let plain_fence: Option<String> = c.get(format!("weir-fence:{clustered}:feeds:main")).unwrap();

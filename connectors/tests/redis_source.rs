@@ -511,20 +511,20 @@ fn shared_mode_claims_entries_of_a_dead_consumer() {
     assert_eq!(pending(&mut c, &k, "g"), 4);
 
     let cfg = config(serde_json::json!({
-        "stream": k, "group": "g", "shared": true, "consumer": "alive", "claim_idle": 200
+        "stream": k, "group": "g", "shared": true, "consumer": "alive", "claim_idle": 1000
     }));
     let mut p = open_one(&cfg, &ctx(false));
     assert_eq!(p.id(), format!("redis:{k}"));
     // Not idle long enough yet: nothing is claimed.
     assert_nothing_more(p.as_mut());
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(1100));
     let (batch, _) = poll_n(p.as_mut(), 4, 100);
     assert_eq!(values(&batch), [1, 2, 3, 4]);
     add_json(&mut c, &k, [5]);
     assert_eq!(values(&poll_n(p.as_mut(), 1, 100).0), [5]);
     // Its own entries pending beyond `claim_idle` (a slow commit) are claimed again but not
     // returned twice.
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(1100));
     assert_nothing_more(p.as_mut());
     let owners: redis::streams::StreamPendingReply = c.xpending(&k, "g").unwrap();
     match owners {

@@ -239,6 +239,9 @@ fn unique() -> u64 {
     nanos ^ (u64::from(std::process::id()) << 40) ^ COUNTER.fetch_add(1, Ordering::Relaxed)
 }
 
+/// Field-value pairs of one HSCAN page.
+type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// One task's checkpoint state in Redis, fenced by a lease token.
 pub struct RedisReplica {
     lease: String,
@@ -295,7 +298,7 @@ impl CheckpointReplica for RedisReplica {
         let mut copied = 0u64;
         let mut batch = StateBatch::default();
         loop {
-            let (next, entries): (u64, Vec<(Vec<u8>, Vec<u8>)>) =
+            let (next, entries): (u64, Entries) =
                 self.conn.with("restore replicated state", |c| {
                     redis::cmd("HSCAN")
                         .arg(&self.state)

@@ -26,7 +26,7 @@ use weir_engine::event::Output;
 use weir_engine::runtime::{SinkError, SinkScope};
 use weir_engine::topology::{ConfigIssue, Duration};
 
-use super::ops::{self, KeyType, Phase, Skip, WriteOps};
+use super::ops::{self, KeyType, Skip, WriteOps};
 use super::pattern::{Pattern, Vars};
 use super::{check_positive, check_ttl, check_url, endpoint, finish, missing, RedisSink};
 use crate::parse_options;
@@ -150,38 +150,18 @@ impl WriteOps for FeedOps {
 
         if let Some(payload_key) = payload_key {
             let payload = output.to_json().to_string();
-            let mut args = vec![payload.as_str()];
+            let mut set = vec!["SET", &payload_key, &payload];
             if let Some(ttl) = &self.payload_ttl_ms {
-                args.extend(["PX", ttl]);
+                set.extend(["PX", ttl]);
             }
-            ops::push(
-                staged,
-                Phase::Data,
-                KeyType::String,
-                "SET",
-                &payload_key,
-                &args,
-            );
+            ops::data(staged, KeyType::String, &set);
         }
         let score = score.to_string();
-        ops::push(
-            staged,
-            Phase::Data,
-            KeyType::ZSet,
-            "ZADD",
-            &feed,
-            &[&score, &member],
-        );
-        ops::push(
-            staged,
-            Phase::Tail,
-            KeyType::ZSet,
-            "ZREMRANGEBYRANK",
-            &feed,
-            &["0", &self.trim_stop],
-        );
+        ops::data(staged, KeyType::ZSet, &["ZADD", &feed, &score, &member]);
+        let trim = ["ZREMRANGEBYRANK", &feed, "0", &self.trim_stop];
+        ops::tail(staged, KeyType::ZSet, &trim);
         if let Some(ttl) = &self.feed_ttl_ms {
-            ops::push(staged, Phase::Tail, KeyType::Any, "PEXPIRE", &feed, &[ttl]);
+            ops::tail(staged, KeyType::Any, &["PEXPIRE", &feed, ttl]);
         }
         Ok(())
     }

@@ -26,7 +26,7 @@ use weir_engine::event::Output;
 use weir_engine::runtime::{SinkError, SinkScope};
 use weir_engine::topology::{ConfigIssue, Duration};
 
-use super::ops::{self, KeyType, Phase, Skip, WriteOps};
+use super::ops::{self, KeyType, Skip, WriteOps};
 use super::pattern::{json_text, Pattern, Vars};
 use super::{check_ttl, check_url, endpoint, finish, missing, RedisSink};
 use crate::parse_options;
@@ -133,11 +133,11 @@ impl WriteOps for HashOps {
                 let values: Vec<_> = aggregates
                     .filter_map(|(name, v)| json_text(v).map(|t| (name, t)))
                     .collect();
-                let mut args = vec!["window_start", &start, "window_end", &end];
+                let mut hset = vec!["HSET", &key, "window_start", &start, "window_end", &end];
                 for (name, value) in &values {
-                    args.extend([name.as_str(), value.as_ref()]);
+                    hset.extend([name.as_str(), value.as_ref()]);
                 }
-                ops::push(staged, Phase::Data, KeyType::Hash, "HSET", &key, &args);
+                ops::data(staged, KeyType::Hash, &hset);
             }
             HashMode::Increment => {
                 for (name, value) in aggregates {
@@ -145,26 +145,23 @@ impl WriteOps for HashOps {
                         serde_json::Value::Null => continue,
                         serde_json::Value::Number(n) if n.is_i64() => ("HINCRBY", n.to_string()),
                         serde_json::Value::Number(n) => ("HINCRBYFLOAT", n.to_string()),
-                        _ => return Err(Skip(format!(
-                            "aggregate `{name}` is not a number; increment mode adds numbers only"
-                        ))),
+                        _ => return Err(not_a_number(name)),
                     };
-                    ops::push(
-                        staged,
-                        Phase::Data,
-                        KeyType::Hash,
-                        command,
-                        &key,
-                        &[name, &by],
-                    );
+                    ops::data(staged, KeyType::Hash, &[command, &key, name, &by]);
                 }
             }
         }
         if let Some(ttl) = &self.ttl_ms {
-            ops::push(staged, Phase::Tail, KeyType::Any, "PEXPIRE", &key, &[ttl]);
+            ops::tail(staged, KeyType::Any, &["PEXPIRE", &key, ttl]);
         }
         Ok(())
     }
+}
+
+fn not_a_number(aggregate: &str) -> Skip {
+    Skip(format!(
+        "aggregate `{aggregate}` is not a number; increment mode adds numbers only"
+    ))
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use weir_engine::event::Output;
 use weir_engine::runtime::{SinkError, SinkScope};
 use weir_engine::topology::{ConfigIssue, Duration};
 
-use super::ops::{self, KeyType, Phase, Skip, WriteOps};
+use super::ops::{self, KeyType, Skip, WriteOps};
 use super::pattern::{Pattern, Vars};
 use super::{check_positive, check_ttl, check_url, endpoint, finish, missing, RedisSink};
 use crate::parse_options;
@@ -148,24 +148,11 @@ impl WriteOps for LeaderboardOps {
             .render(&vars)
             .map_err(|n| missing(&self.member, n))?;
         let score = score.to_string();
-        ops::push(
-            staged,
-            Phase::Data,
-            KeyType::ZSet,
-            "ZADD",
-            &key,
-            &[&score, &member],
-        );
-        ops::push(
-            staged,
-            Phase::Tail,
-            KeyType::ZSet,
-            "ZREMRANGEBYRANK",
-            &key,
-            &["0", &self.trim_stop],
-        );
+        ops::data(staged, KeyType::ZSet, &["ZADD", &key, &score, &member]);
+        let trim = ["ZREMRANGEBYRANK", &key, "0", &self.trim_stop];
+        ops::tail(staged, KeyType::ZSet, &trim);
         if let Some(ttl) = &self.ttl_ms {
-            ops::push(staged, Phase::Tail, KeyType::Any, "PEXPIRE", &key, &[ttl]);
+            ops::tail(staged, KeyType::Any, &["PEXPIRE", &key, ttl]);
         }
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! Redis operations as staged bytes, and how a commit plans them into fenced script calls.
 //!
-//! Encoders append one frame per operation (see [`data`] and [`tail`]); `commit` decodes the frames
+//! Encoders append one frame per operation ([`data`], [`tail`]); `commit` decodes the frames
 //! ([`decode`]), orders them ([`plan`]: data operations in staged order, then each distinct
 //! trim/expire once), groups them by cluster slot when asked, and cuts each group into
 //! chunks ([`chunks`]) that one script call applies.

@@ -21,7 +21,7 @@ use weir_engine::event::Output;
 use weir_engine::runtime::{SinkError, SinkScope};
 use weir_engine::topology::ConfigIssue;
 
-use super::ops::{self, KeyType, Phase, Skip, WriteOps};
+use super::ops::{self, KeyType, Skip, WriteOps};
 use super::pattern::{json_text, Pattern, Vars};
 use super::{check_positive, check_url, endpoint, finish, missing, RedisSink};
 use crate::parse_options;
@@ -133,15 +133,15 @@ impl WriteOps for StreamOps {
         if fields.is_empty() {
             return Err(Skip("the output has no non-null members".to_string()));
         }
-        let mut args: Vec<&str> = Vec::new();
+        let mut xadd = vec!["XADD", &key];
         if let Some(maxlen) = &self.maxlen {
-            args.extend(["MAXLEN", "~", maxlen]);
+            xadd.extend(["MAXLEN", "~", maxlen]);
         }
-        args.push("*");
+        xadd.push("*");
         for (name, value) in &fields {
-            args.extend([*name, value.as_ref()]);
+            xadd.extend([*name, value.as_ref()]);
         }
-        ops::push(staged, Phase::Data, KeyType::Stream, "XADD", &key, &args);
+        ops::data(staged, KeyType::Stream, &xadd);
         Ok(())
     }
 }
