@@ -72,7 +72,7 @@ sinks:
     database: "@DB@"
     collection: spend
     mode: timeseries
-    granularity: minutes
+    timeseries: {granularity: minutes}
   rollups:
     type: mongodb
     uri: "@MONGO@"
@@ -80,7 +80,7 @@ sinks:
     collection: daily
     mode: rollup
     entity_field: user_id
-    counters: [event_type]
+    counters: {by_type: event_type}
     latest: 3
 state: {dir: "@DIR@/state"}
 checkpoint: {interval: 200ms}

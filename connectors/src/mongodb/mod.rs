@@ -31,8 +31,9 @@
 //!   [`Sink::recover`](weir_engine::runtime::Sink::recover) deletes this task's documents of
 //!   epochs after the last committed one and moves the fence back to it.
 //! - `rollup`: `$inc`/`$push` are not idempotent, so each document keeps
-//!   `weir_applied.<job>/<sink>/<task>: E` and is updated only while that is below E; where it
-//!   is not, the upsert's insert fails with a duplicate key, which means "already applied".
+//!   `weir_applied.<job>/<sink>/<task>: E` and is updated only while that is missing or below E
+//!   (filter `{_id, weir_applied.<…>: {$not: {$gte: E}}}`, upsert); where it is not, the
+//!   upsert's insert fails with a duplicate key, which means "already applied".
 //!   After all updates the fence is set to E.
 //!
 //! Connection loss and an unavailable server are [`SinkError::Retryable`]; invalid options,

@@ -2,9 +2,9 @@
 //!
 //! `$inc` and `$push` are not idempotent, so each rollup document remembers the last epoch each
 //! (job, sink, task) applied to it (`weir_applied.<owner>`), and the update only matches while
-//! that is below the epoch being applied. When it is not, the upsert tries to insert a document
-//! with the same `_id`, which fails with a duplicate-key error: that document already has the
-//! epoch.
+//! that is missing or below the epoch being applied (`{$not: {$gte: E}}`). When it is not, the
+//! upsert tries to insert a document with the same `_id`, which fails with a duplicate-key
+//! error: that document already has the epoch.
 
 use std::collections::BTreeMap;
 
@@ -172,13 +172,10 @@ pub(crate) fn rollup_updates(
             }
         }
         updates.push(doc! {
-            "q": {
-                "_id": id,
-                "$or": [
-                    { applied_field: { "$lt": epoch } },
-                    { applied_field: { "$exists": false } },
-                ],
-            },
+            // Missing or below the epoch. The same as `$or: [{$lt}, {$exists: false}]`, but
+            // a server may only look the `_id` up in its index when no `$or` is around it
+            // (secantusd-rs scans the collection otherwise: 20x slower at 20k documents).
+            "q": { "_id": id, applied_field: { "$not": { "$gte": epoch } } },
             "u": update,
             "upsert": true,
         });
@@ -220,10 +217,7 @@ mod tests {
             doc! {
                 "q": {
                     "_id": "u1|2026-01-01",
-                    "$or": [
-                        {"weir_applied.job_x/sink/main": {"$lt": 7_i64}},
-                        {"weir_applied.job_x/sink/main": {"$exists": false}},
-                    ],
+                    "weir_applied.job_x/sink/main": {"$not": {"$gte": 7_i64}},
                 },
                 "u": {
                     "$setOnInsert": {"entity": "u1", "day": "2026-01-01"},

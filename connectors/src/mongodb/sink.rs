@@ -187,7 +187,11 @@ impl MongoSink {
                 }
                 match self.db.run_command(create).run() {
                     Ok(_) => {
-                        tracing::info!(sink = %self.name, collection = %self.config.collection, "created collection");
+                        tracing::info!(
+                            sink = %self.name,
+                            collection = %self.config.collection,
+                            "created collection"
+                        );
                         None
                     }
                     // Another worker created it meanwhile: check what it made.
@@ -231,7 +235,13 @@ impl MongoSink {
                     "indexes": [{ "key": keys, "name": name, "unique": index.unique }],
                 })
                 .run()
-                .map_err(|e| self.error("creating an index (an existing one with the same fields but other options needs dropping first)", &e))?;
+                .map_err(|e| {
+                    self.error(
+                        "creating an index (an existing one on the same fields with other \
+                         options needs dropping first)",
+                        &e,
+                    )
+                })?;
         }
         self.ready = true;
         Ok(())
@@ -281,7 +291,12 @@ impl MongoSink {
         let batch = rollup_updates(items, epoch, &field, self.config.latest, DateTime::now())
             .map_err(|e| self.fatal(format!("corrupt staged outputs of epoch {epoch}: {e}")))?;
         if batch.skipped > 0 {
-            tracing::warn!(sink = %self.name, epoch, outputs = batch.skipped, "dead letters cannot be rolled up; send them to another sink");
+            tracing::warn!(
+                sink = %self.name,
+                epoch,
+                outputs = batch.skipped,
+                "dead letters cannot be rolled up; send them to another sink"
+            );
         }
         if batch.updates.is_empty() {
             return Ok(());
@@ -305,7 +320,13 @@ impl MongoSink {
             }
         }
         self.write_fence(epoch)?;
-        tracing::debug!(sink = %self.name, epoch, documents = total, already_applied = already, "committed");
+        tracing::debug!(
+            sink = %self.name,
+            epoch,
+            documents = total,
+            already_applied = already,
+            "committed"
+        );
         Ok(())
     }
 
@@ -517,7 +538,12 @@ impl Sink for MongoSink {
                 .run()
                 .map_err(|e| self.error("removing unconfirmed epochs", &e))?;
             if removed.deleted_count > 0 {
-                tracing::info!(sink = %self.name, documents = removed.deleted_count, after = committed, "removed documents of unconfirmed epochs");
+                tracing::info!(
+                    sink = %self.name,
+                    documents = removed.deleted_count,
+                    after = committed,
+                    "removed documents of unconfirmed epochs"
+                );
             }
             if fence > committed {
                 self.write_fence(committed)?;

@@ -168,6 +168,11 @@ pub struct RedisStreamsConfig {
     /// claimed with `XAUTOCLAIM`, checked as often. Default 30000.
     #[serde(default)]
     pub claim_idle: Option<u64>,
+    /// End each partition once it has returned every entry of its stream (backfills, tests):
+    /// the watermark then jumps to the end and every open window closes. Default: keep
+    /// waiting for new entries.
+    #[serde(default)]
+    pub end_at_tail: bool,
 }
 
 fn default_group() -> String {
@@ -596,6 +601,7 @@ struct StreamPartition {
     trim: TrimPolicy,
     shared: bool,
     claim_idle_ms: u64,
+    end_at_tail: bool,
     decoder: EntryDecoder,
     conn: Option<redis::Connection>,
     mode: Mode,
@@ -727,6 +733,7 @@ impl StreamPartition {
             trim: config.trim_policy(),
             shared: config.shared,
             claim_idle_ms: config.claim_idle.unwrap_or(DEFAULT_CLAIM_IDLE_MS).max(1),
+            end_at_tail: config.end_at_tail,
             decoder: EntryDecoder::new(config, ctx),
             conn: None,
             // Nothing is known to be committed: a previous run's unfinished entries come first.
@@ -1107,6 +1114,9 @@ impl SourcePartition for StreamPartition {
         let Some(entries) = self.read_group(">", count, true)? else {
             return Ok(PollStatus::Idle);
         };
+        if entries.is_empty() && self.end_at_tail {
+            return Ok(PollStatus::End);
+        }
         let mut produced = 0;
         for entry in &entries {
             if !self.shared && self.last.is_some_and(|last| entry.id <= last) {

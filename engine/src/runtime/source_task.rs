@@ -170,7 +170,18 @@ impl SourceTask {
                                 break;
                             }
                             if *e == epoch {
-                                self.partition.on_committed(pos)?;
+                                // Acknowledging is best effort: a failed acknowledgement is
+                                // repeated by the next one, or after a restart by `seek`.
+                                if let Err(e) = self.partition.on_committed(pos) {
+                                    match e {
+                                        SourceError::Retryable(reason) => tracing::warn!(
+                                            partition = self.partition.id(),
+                                            %reason,
+                                            "acknowledging committed input failed; the next commit retries"
+                                        ),
+                                        fatal => return Err(fatal),
+                                    }
+                                }
                             }
                             in_flight.pop_front();
                         }
