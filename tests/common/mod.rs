@@ -87,17 +87,34 @@ pub fn run_to_end(topology_file: &Path, extra: &[&str]) {
     );
 }
 
-/// Starts `weir run FILE` in the background.
+/// Where [`spawn_run`] appends the standard error of runs of `topology_file`: a file, not a
+/// pipe, so a chatty worker never blocks on a pipe nobody reads.
+pub fn run_log(topology_file: &Path) -> PathBuf {
+    topology_file.with_extension("stderr.log")
+}
+
+/// Starts `weir run FILE` in the background; its standard error goes to [`run_log`].
 pub fn spawn_run(topology_file: &Path, extra: &[&str]) -> Child {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(run_log(topology_file))
+        .unwrap();
     weir()
         .arg("run")
         .arg("--no-status")
         .args(extra)
         .arg(topology_file)
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(log)
         .spawn()
         .unwrap()
+}
+
+/// The last `max` bytes of the runs' standard error of `topology_file`.
+pub fn run_log_tail(topology_file: &Path, max: usize) -> String {
+    let text = fs::read(run_log(topology_file)).unwrap_or_default();
+    String::from_utf8_lossy(&text[text.len().saturating_sub(max)..]).into_owned()
 }
 
 /// Runs the topology, killing the process with SIGKILL after each delay in `kills` (ms after
@@ -116,13 +133,12 @@ pub fn run_with_kills(topology_file: &Path, kills: &[u64], extra: &[&str]) -> us
         if exited.is_none() {
             child.kill().unwrap(); // SIGKILL
         }
-        let output = child.wait_with_output().unwrap();
-        let status = output.status;
+        let status = child.wait().unwrap();
         match exited {
             Some(status) => assert!(
                 status.success(),
                 "weir run failed before it was killed: {status}\n{}",
-                String::from_utf8_lossy(&output.stderr)
+                run_log_tail(topology_file, 4000)
             ),
             // It may have finished just before the signal.
             None if status.success() => {}
