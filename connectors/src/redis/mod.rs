@@ -13,6 +13,7 @@ pub mod source;
 
 use std::time::Duration;
 
+use redis::IntoConnectionInfo;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use weir_engine::runtime::{SinkError, SourceError};
@@ -67,8 +68,6 @@ impl RedisEndpoint {
         Ok(conn)
     }
 }
-
-use redis::IntoConnectionInfo;
 
 /// Whether `e` is a passing failure (connection lost, server loading or busy) that a retry
 /// with backoff can fix, rather than a bad command or configuration.
