@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The test command: starts the real servers the tests talk to (a redis-server and a
-# MongoDB-wire server, installed on first use; see scripts/services.sh), runs
+# The test command: starts the real servers the tests talk to (redis-server, a Kafka-protocol
+# broker and a MongoDB-wire server, installed on first use; see scripts/services.sh), runs
 # `cargo test --workspace` with any extra arguments, and stops the servers by PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +8,6 @@ cd "$(dirname "$0")/.."
 export WEIR_SERVICES_DIR
 WEIR_SERVICES_DIR="$(mktemp -d)"
 trap 'scripts/services.sh stop; rm -rf "$WEIR_SERVICES_DIR"' EXIT
-eval "$(scripts/services.sh start redis mongodb)"
-echo "test servers: redis $WEIR_TEST_REDIS, mongodb $WEIR_TEST_MONGODB" >&2
+eval "$(scripts/services.sh start redis kafka mongodb)"
+echo "test servers: redis $WEIR_TEST_REDIS, kafka $WEIR_TEST_KAFKA, mongodb $WEIR_TEST_MONGODB" >&2
 cargo test --workspace "$@"

@@ -7,6 +7,8 @@ pub mod console;
 pub mod file;
 #[cfg(feature = "generator")]
 pub mod generator;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 #[cfg(feature = "mongodb")]
 pub mod mongodb;
 #[cfg(feature = "redis")]
@@ -21,7 +23,9 @@ use weir_engine::runtime::{
 
 use weir_engine::runtime::fleet::FleetBackend;
 use weir_engine::runtime::JobError;
-use weir_engine::topology::{ConfigIssue, ConnectorCatalog, FleetSpec, SinkSpec, SourceSpec};
+use weir_engine::topology::{
+    ConfigIssue, ConnectorCatalog, FleetSpec, SinkSpec, SourceSpec, Topology,
+};
 
 /// Parses a connector's options map into its config type; every issue's path starts with
 /// `prefix`.
@@ -56,6 +60,9 @@ pub fn source_types() -> Vec<&'static str> {
     if cfg!(feature = "redis") {
         types.push("redis_streams");
     }
+    if cfg!(feature = "kafka") {
+        types.push("kafka");
+    }
     types
 }
 
@@ -76,6 +83,9 @@ pub fn sink_types() -> Vec<&'static str> {
     if cfg!(feature = "mongodb") {
         types.push("mongodb");
     }
+    if cfg!(feature = "kafka") {
+        types.push("kafka");
+    }
     types
 }
 
@@ -85,6 +95,9 @@ pub fn fleet_types() -> Vec<&'static str> {
     if cfg!(feature = "redis") {
         types.push("redis");
     }
+    if cfg!(feature = "kafka") {
+        types.push("kafka");
+    }
     types
 }
 
@@ -92,11 +105,32 @@ pub fn fleet_types() -> Vec<&'static str> {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Registry;
 
+impl Registry {
+    /// The fleet a topology runs in when it names none: a topology whose one source is a Kafka
+    /// consumer group runs as a member of that group (so 1, 2 or N processes share the
+    /// partitions); others run alone.
+    pub fn implied_fleet(&self, topology: &Topology) -> Option<FleetSpec> {
+        if let Some(fleet) = &topology.fleet {
+            return Some(fleet.clone());
+        }
+        match topology.sources.values().collect::<Vec<_>>()[..] {
+            [source] if cfg!(feature = "kafka") && source.kind == "kafka" => {
+                serde_json::from_value(serde_json::json!({"type": "kafka"})).ok()
+            }
+            _ => None,
+        }
+    }
+}
+
 impl ConnectorCatalog for Registry {
     fn check_fleet(&self, spec: &FleetSpec) -> Vec<ConfigIssue> {
         match spec.kind.as_str() {
             #[cfg(feature = "redis")]
             "redis" => parse_options::<redis::RedisEndpoint>("fleet", &spec.options)
+                .err()
+                .unwrap_or_default(),
+            #[cfg(feature = "kafka")]
+            "kafka" => parse_options::<kafka::KafkaFleetConfig>("fleet", &spec.options)
                 .err()
                 .unwrap_or_default(),
             other => vec![ConfigIssue {
@@ -124,6 +158,8 @@ impl ConnectorCatalog for Registry {
             "redis_streams" => {
                 redis::source::RedisStreamsConfig::from_options(&prefix, &spec.options).map(drop)
             }
+            #[cfg(feature = "kafka")]
+            "kafka" => kafka::KafkaSourceConfig::from_options(&prefix, &spec.options).map(drop),
             other => Err(vec![ConfigIssue {
                 path: format!("{prefix}.type"),
                 message: format!(
@@ -159,6 +195,8 @@ impl ConnectorCatalog for Registry {
             }
             #[cfg(feature = "mongodb")]
             "mongodb" => mongodb::MongoSinkConfig::from_options(&prefix, &spec.options).map(drop),
+            #[cfg(feature = "kafka")]
+            "kafka" => kafka::KafkaSinkConfig::from_options(&prefix, &spec.options).map(drop),
             other => Err(vec![ConfigIssue {
                 path: format!("{prefix}.type"),
                 message: format!(
@@ -192,13 +230,41 @@ fn select(
 }
 
 impl Connectors for Registry {
-    fn open_fleet(&self, job: &str, spec: &FleetSpec) -> Result<Arc<dyn FleetBackend>, JobError> {
+    fn open_fleet(
+        &self,
+        topology: &Topology,
+        spec: &FleetSpec,
+    ) -> Result<Arc<dyn FleetBackend>, JobError> {
+        let job = topology.name.as_str();
         match spec.kind.as_str() {
             #[cfg(feature = "redis")]
             "redis" => {
                 let endpoint: redis::RedisEndpoint = parse_options("fleet", &spec.options)
                     .map_err(|i| JobError::Config(config_error(i)))?;
                 Ok(Arc::new(redis::fleet::RedisFleet::new(job, endpoint)))
+            }
+            #[cfg(feature = "kafka")]
+            "kafka" => {
+                let config: kafka::KafkaFleetConfig = parse_options("fleet", &spec.options)
+                    .map_err(|i| JobError::Config(config_error(i)))?;
+                let source =
+                    match topology.sources.iter().collect::<Vec<_>>()[..] {
+                        [(name, source)] if source.kind == "kafka" => {
+                            kafka::KafkaSourceConfig::from_options(
+                                &format!("sources.{name}"),
+                                &source.options,
+                            )
+                            .map_err(|i| JobError::Config(config_error(i)))?
+                        }
+                        _ => return Err(JobError::Config(
+                            "fleet.type: a `kafka` fleet needs exactly one source, of type kafka"
+                                .into(),
+                        )),
+                    };
+                Ok(Arc::new(
+                    kafka::KafkaFleet::join(job, &source, &config)
+                        .map_err(|e| JobError::Task(e.to_string()))?,
+                ))
             }
             other => Err(JobError::Config(format!(
                 "fleet.type: unknown fleet backend `{other}`; this build has: {}",
@@ -228,6 +294,12 @@ impl Connectors for Registry {
                     redis::source::RedisStreamsConfig::from_options(&prefix, &spec.options)
                         .map_err(|i| SourceError::Fatal(config_error(i)))?;
                 Ok(config.partition_count())
+            }
+            #[cfg(feature = "kafka")]
+            "kafka" => {
+                let config = kafka::KafkaSourceConfig::from_options(&prefix, &spec.options)
+                    .map_err(|i| SourceError::Fatal(config_error(i)))?;
+                Ok(kafka::source::task_partitions(&config)?.len() as u32)
             }
             other => Err(SourceError::Fatal(format!("unknown source type `{other}`"))),
         }
@@ -266,6 +338,12 @@ impl Connectors for Registry {
                     redis::source::RedisStreamsConfig::from_options(&prefix, &spec.options)
                         .map_err(|i| SourceError::Fatal(config_error(i)))?;
                 redis::source::open_redis_streams(name, &config, ctx, selection)
+            }
+            #[cfg(feature = "kafka")]
+            "kafka" => {
+                let config = kafka::KafkaSourceConfig::from_options(&prefix, &spec.options)
+                    .map_err(|i| SourceError::Fatal(config_error(i)))?;
+                kafka::source::open_kafka_source(name, &config, ctx, selection)
             }
             other => Err(SourceError::Fatal(format!("unknown source type `{other}`"))),
         }
@@ -324,6 +402,12 @@ impl Connectors for Registry {
                 let config = mongodb::MongoSinkConfig::from_options(&prefix, &spec.options)
                     .map_err(|i| SinkError::Fatal(config_error(i)))?;
                 Ok(Box::new(mongodb::MongoSink::open(name, scope, &config)?))
+            }
+            #[cfg(feature = "kafka")]
+            "kafka" => {
+                let config = kafka::KafkaSinkConfig::from_options(&prefix, &spec.options)
+                    .map_err(|i| SinkError::Fatal(config_error(i)))?;
+                Ok(Box::new(kafka::KafkaSink::open(name, scope, &config)?))
             }
             other => Err(SinkError::Fatal(format!("unknown sink type `{other}`"))),
         }

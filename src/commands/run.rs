@@ -53,9 +53,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let stop = Arc::new(AtomicBool::new(false));
     install_stop_handler(stop.clone());
-    if let Some(fleet) = &topology.fleet {
+    if let Some(fleet) = &Registry.implied_fleet(&topology) {
         let backend = Registry
-            .open_fleet(&topology.name, fleet)
+            .open_fleet(&topology, fleet)
             .context("cannot join the fleet")?;
         let options = WorkerOptions {
             worker_id: fleet.worker_id.clone().unwrap_or_else(default_worker_id),

@@ -80,6 +80,41 @@ pub trait FleetBackend: Send + Sync {
 
     /// The replica of `task`, fenced by the lease `token`.
     fn replica(&self, task: &str, token: &str) -> Result<Arc<dyn CheckpointReplica>, FleetError>;
+
+    /// Called when `task` starts on this worker. Backends whose ownership is taken away from
+    /// outside (a Kafka group rebalance) keep `control` to stop the task, with a last
+    /// checkpoint, before they give the partition up. Default: nothing.
+    fn task_started(&self, _task: &str, _control: TaskControl) {}
+
+    /// How often the worker heartbeats, renews and rebalances. Default: a third of the lease.
+    fn poll_interval(&self, lease_ttl: Duration) -> Duration {
+        lease_ttl / 3
+    }
+}
+
+/// A handle on a running task for its fleet backend.
+#[derive(Debug, Clone)]
+pub struct TaskControl {
+    /// Set to ask the task to finish: it commits a last epoch and stops.
+    pub stop: Arc<AtomicBool>,
+    /// Becomes `true` once the task has stopped (whatever the outcome).
+    pub finished: Arc<AtomicBool>,
+}
+
+impl TaskControl {
+    /// Asks the task to stop and waits until it has, for at most `timeout`; `true` when it
+    /// stopped in time.
+    pub fn stop_and_wait(&self, timeout: Duration) -> bool {
+        self.stop.store(true, Ordering::Relaxed);
+        let until = Instant::now() + timeout;
+        while !self.finished.load(Ordering::Acquire) {
+            if Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
 }
 
 /// How a worker joins a fleet.
@@ -129,7 +164,7 @@ pub fn run_worker(
         };
     let partitions = connectors.partition_count(&source_name, &source_spec)?;
     let ttl = options.lease_ttl.max(Duration::from_millis(300));
-    let tick = ttl / 3;
+    let tick = backend.poll_interval(ttl);
     let mut running: BTreeMap<u32, RunningTask> = BTreeMap::new();
     // Tasks whose bounded input ended here; not taken again by this worker.
     let mut done: std::collections::BTreeSet<u32> = std::collections::BTreeSet::new();
@@ -162,7 +197,11 @@ pub fn run_worker(
             .collect();
         for p in finished {
             if let Some(t) = running.remove(&p) {
+                let stopped = t.stop.load(Ordering::Relaxed);
                 match t.thread.join() {
+                    Ok(Ok(())) if stopped => {
+                        tracing::info!(task = %task_id(p), "task stopped on request")
+                    }
                     Ok(Ok(())) => {
                         tracing::info!(task = %task_id(p), "task finished: its input ended");
                         done.insert(p);
@@ -291,13 +330,24 @@ fn start_task(
     };
     let topology = topology.clone();
     let connectors = connectors.clone();
+    let finished = Arc::new(AtomicBool::new(false));
+    let finished_flag = finished.clone();
     let thread = std::thread::Builder::new()
         .name(format!("weir-task-{task}"))
         .spawn(move || {
-            let job = Job::build(&topology, connectors.as_ref(), job_options)?;
-            job.run().map(drop)
+            let result = Job::build(&topology, connectors.as_ref(), job_options)
+                .and_then(|job| job.run().map(drop));
+            finished_flag.store(true, Ordering::Release);
+            result
         })
         .map_err(|e| JobError::Task(format!("cannot start a thread: {e}")))?;
+    backend.task_started(
+        &task,
+        TaskControl {
+            stop: stop.clone(),
+            finished,
+        },
+    );
     tracing::info!(task = %task, "task started");
     Ok(RunningTask {
         token: token.to_string(),

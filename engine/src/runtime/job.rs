@@ -51,7 +51,7 @@ pub trait Connectors: Send + Sync {
     /// Opens the backend the topology's `fleet` section names.
     fn open_fleet(
         &self,
-        _job: &str,
+        _topology: &crate::topology::Topology,
         spec: &crate::topology::FleetSpec,
     ) -> Result<Arc<dyn super::fleet::FleetBackend>, JobError> {
         Err(JobError::Config(format!(

@@ -1,0 +1,353 @@
+//! A task's checkpoint replica in a compacted changelog topic: partition `i` of
+//! `<job>-changelog` holds task `pi`'s state.
+//!
+//! Every checkpoint batch is one transaction of a producer whose `transactional.id` belongs to
+//! the task (`weir.<job>.changelog.<task>`): a new owner's `init_transactions` aborts what a
+//! dead owner left open and fences a zombie, whose next batch then fails as
+//! [`FleetError::Fenced`]. Readers use `read_committed`, so a restore sees whole batches only.
+//!
+//! Records: key = table byte ‖ state key, value = state value, a delete is a tombstone; a
+//! range delete is a record keyed `0xFF ‖ table byte ‖ start length (u32) ‖ start ‖ end`.
+//! Replaying the log in order rebuilds the store, and stays right under compaction: compaction
+//! only drops a record when a later one has the same key, which supersedes it.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use weir_engine::checkpoint::{Epoch, Progress, COMMITTED_KEY, PREPARED_KEY};
+use weir_engine::runtime::fleet::{CheckpointReplica, FleetError};
+use weir_engine::state::{BatchOp, StateBatch, StateStore, Table};
+
+use super::client::SetDefault;
+use super::client::{is_fenced, is_retryable, REQUEST_TIMEOUT};
+
+/// Marks a range-delete record key.
+const RANGE_MARK: u8 = 0xFF;
+/// Operations copied per local write during a restore.
+const RESTORE_BATCH: usize = 10_000;
+/// How long a transaction commit may take.
+const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn table_byte(table: Table) -> u8 {
+    Table::ALL.iter().position(|t| *t == table).unwrap_or(0) as u8
+}
+
+fn table_of(byte: u8) -> Option<Table> {
+    Table::ALL.get(byte as usize).copied()
+}
+
+/// One changelog record decoded.
+#[derive(Debug, PartialEq, Eq)]
+enum LogOp<'a> {
+    Put(Table, &'a [u8], &'a [u8]),
+    Delete(Table, &'a [u8]),
+    DeleteRange(Table, &'a [u8], &'a [u8]),
+}
+
+fn decode_record<'a>(key: &'a [u8], value: Option<&'a [u8]>) -> Result<LogOp<'a>, String> {
+    let bad = || format!("malformed changelog record key ({} bytes)", key.len());
+    let (&first, rest) = key.split_first().ok_or_else(bad)?;
+    if first == RANGE_MARK {
+        let (&t, rest) = rest.split_first().ok_or_else(bad)?;
+        let table = table_of(t).ok_or_else(bad)?;
+        if rest.len() < 4 {
+            return Err(bad());
+        }
+        let (len, rest) = rest.split_at(4);
+        let len = u32::from_be_bytes(len.try_into().map_err(|_| bad())?) as usize;
+        if rest.len() < len {
+            return Err(bad());
+        }
+        let (start, end) = rest.split_at(len);
+        return Ok(LogOp::DeleteRange(table, start, end));
+    }
+    let table = table_of(first).ok_or_else(bad)?;
+    Ok(match value {
+        Some(v) => LogOp::Put(table, rest, v),
+        None => LogOp::Delete(table, rest),
+    })
+}
+
+fn range_key(table: Table, start: &[u8], end: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(6 + start.len() + end.len());
+    key.push(RANGE_MARK);
+    key.push(table_byte(table));
+    key.extend_from_slice(&(start.len() as u32).to_be_bytes());
+    key.extend_from_slice(start);
+    key.extend_from_slice(end);
+    key
+}
+
+fn state_key(table: Table, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + key.len());
+    k.push(table_byte(table));
+    k.extend_from_slice(key);
+    k
+}
+
+fn fleet_error(what: &str, e: &KafkaError) -> FleetError {
+    if is_fenced(e) {
+        FleetError::Fenced(format!("changelog: {what}: {e}"))
+    } else if is_retryable(e) {
+        FleetError::Retryable(format!("changelog: {what}: {e}"))
+    } else {
+        FleetError::Fatal(format!("changelog: {what}: {e}"))
+    }
+}
+
+/// Task `task`'s replica in partition `partition` of `topic`.
+pub struct ChangelogReplica {
+    topic: String,
+    partition: i32,
+    task: String,
+    producer: BaseProducer,
+    reader_config: ClientConfig,
+}
+
+impl ChangelogReplica {
+    /// Opens the replica, fencing any earlier owner of the task (their open batch is aborted).
+    pub fn open(
+        client: &ClientConfig,
+        job: &str,
+        task: &str,
+        topic: &str,
+        partition: i32,
+    ) -> Result<ChangelogReplica, FleetError> {
+        let mut producer_config = client.clone();
+        producer_config
+            .set("transactional.id", format!("weir.{job}.changelog.{task}"))
+            .set("enable.idempotence", "true")
+            .set_default("linger.ms", "5")
+            .set_default("queue.buffering.max.messages", "1000000")
+            .set_default("compression.type", "lz4");
+        let producer: BaseProducer = producer_config
+            .create()
+            .map_err(|e| FleetError::Fatal(format!("changelog producer: {e}")))?;
+        producer
+            .init_transactions(TXN_TIMEOUT)
+            .map_err(|e| fleet_error("initialise transactions", &e))?;
+        let mut reader_config = client.clone();
+        reader_config
+            .set("group.id", format!("weir.{job}.restore"))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "true")
+            .set_default("fetch.max.bytes", "52428800")
+            .set_default("max.partition.fetch.bytes", "16777216");
+        Ok(ChangelogReplica {
+            topic: topic.to_string(),
+            partition,
+            task: task.to_string(),
+            producer,
+            reader_config,
+        })
+    }
+
+    /// Reads the partition from `from` (or the start) to its end, calling `visit` with each
+    /// record's key and value in order. Returns the start offset used.
+    fn read(
+        &self,
+        from_end: Option<i64>,
+        visit: &mut dyn FnMut(&[u8], Option<&[u8]>) -> Result<(), FleetError>,
+    ) -> Result<(i64, i64), FleetError> {
+        let consumer: BaseConsumer = self
+            .reader_config
+            .create()
+            .map_err(|e| FleetError::Fatal(format!("changelog reader: {e}")))?;
+        let (low, high) = consumer
+            .fetch_watermarks(&self.topic, self.partition, REQUEST_TIMEOUT)
+            .map_err(|e| fleet_error("read the watermarks", &e))?;
+        let start = match from_end {
+            Some(n) => (high - n).max(low),
+            None => low,
+        };
+        if start >= high {
+            return Ok((start, low));
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.topic, self.partition, Offset::Offset(start))
+            .map_err(|e| FleetError::Fatal(e.to_string()))?;
+        consumer
+            .assign(&tpl)
+            .map_err(|e| fleet_error("assign the partition", &e))?;
+        let deadline_idle = Duration::from_secs(30);
+        let mut last_progress = Instant::now();
+        loop {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    last_progress = Instant::now();
+                    visit(m.key().unwrap_or_default(), m.payload())?;
+                    if m.offset() + 1 >= high {
+                        break;
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                Some(Err(e)) => return Err(fleet_error("read", &e)),
+                None if last_progress.elapsed() > deadline_idle => {
+                    return Err(FleetError::Retryable(format!(
+                        "changelog {}/{}: no progress for 30 s while reading",
+                        self.topic, self.partition
+                    )))
+                }
+                None => {}
+            }
+        }
+        Ok((start, low))
+    }
+}
+
+fn epoch_value(value: Option<&[u8]>) -> Option<Epoch> {
+    value
+        .and_then(|v| <[u8; 8]>::try_from(v).ok())
+        .map(Epoch::from_be_bytes)
+}
+
+impl CheckpointReplica for ChangelogReplica {
+    fn progress(&self) -> Result<Progress, FleetError> {
+        // The epoch keys are rewritten by every checkpoint, so they sit near the end of the
+        // log: read a growing tail until both are found or the whole log was read.
+        let prepared_key = state_key(Table::Meta, PREPARED_KEY);
+        let committed_key = state_key(Table::Meta, COMMITTED_KEY);
+        let mut tail = 256i64;
+        loop {
+            let mut progress = Progress::default();
+            let (mut seen_prepared, mut seen_committed) = (false, false);
+            let (start, low) = self.read(Some(tail), &mut |key, value| {
+                if key == prepared_key.as_slice() {
+                    progress.prepared = epoch_value(value);
+                    seen_prepared = true;
+                } else if key == committed_key.as_slice() {
+                    progress.committed = epoch_value(value);
+                    seen_committed = true;
+                }
+                Ok(())
+            })?;
+            if (seen_prepared && seen_committed) || start <= low {
+                return Ok(progress);
+            }
+            tail = tail.saturating_mul(8);
+        }
+    }
+
+    fn restore(&self, store: &dyn StateStore) -> Result<u64, FleetError> {
+        let started = Instant::now();
+        let mut batch = StateBatch::default();
+        let mut records = 0u64;
+        let flush = |batch: &mut StateBatch| -> Result<(), FleetError> {
+            store
+                .write(std::mem::take(batch))
+                .map_err(|e| FleetError::Fatal(format!("restore into the local store: {e}")))
+        };
+        self.read(None, &mut |key, value| {
+            match decode_record(key, value).map_err(FleetError::Fatal)? {
+                LogOp::Put(t, k, v) => batch.put(t, k, v),
+                LogOp::Delete(t, k) => batch.delete(t, k),
+                LogOp::DeleteRange(t, s, e) => batch.delete_range(t, s, e),
+            }
+            records += 1;
+            if batch.ops.len() >= RESTORE_BATCH {
+                flush(&mut batch)?;
+            }
+            Ok(())
+        })?;
+        flush(&mut batch)?;
+        tracing::info!(
+            task = %self.task,
+            records,
+            restore_ms = started.elapsed().as_millis() as u64,
+            "changelog replayed"
+        );
+        Ok(records)
+    }
+
+    fn replicate(&self, batch: &StateBatch) -> Result<(), FleetError> {
+        self.producer
+            .begin_transaction()
+            .map_err(|e| fleet_error("begin a transaction", &e))?;
+        let result = self.produce_batch(batch).and_then(|()| {
+            self.producer
+                .commit_transaction(TXN_TIMEOUT)
+                .map_err(|e| fleet_error("commit the transaction", &e))
+        });
+        if let Err(e) = &result {
+            if !matches!(e, FleetError::Fenced(_)) {
+                // Replaying a batch is idempotent, so an in-doubt batch is simply sent again.
+                let _ = self.producer.abort_transaction(Duration::from_secs(5));
+            }
+        }
+        result
+    }
+}
+
+impl ChangelogReplica {
+    fn produce_batch(&self, batch: &StateBatch) -> Result<(), FleetError> {
+        for op in &batch.ops {
+            let (key, value): (Vec<u8>, Option<&[u8]>) = match op {
+                BatchOp::Put(t, k, v) => (state_key(*t, k), Some(v)),
+                BatchOp::Delete(t, k) => (state_key(*t, k), None),
+                BatchOp::DeleteRange(t, s, e) => (range_key(*t, s, e), Some(b"range")),
+            };
+            let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topic)
+                .partition(self.partition)
+                .key(&key);
+            if let Some(v) = value {
+                record = record.payload(v);
+            }
+            loop {
+                match self.producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        record = back;
+                        self.producer.poll(Duration::from_millis(10));
+                    }
+                    Err((e, _)) => return Err(fleet_error("produce", &e)),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_decode_to_the_operations_they_encode() {
+        let put = state_key(Table::Windows, b"k1");
+        assert_eq!(
+            decode_record(&put, Some(b"v")),
+            Ok(LogOp::Put(Table::Windows, b"k1", b"v"))
+        );
+        assert_eq!(
+            decode_record(&put, None),
+            Ok(LogOp::Delete(Table::Windows, b"k1"))
+        );
+        let range = range_key(Table::Staged, b"\x00\x01", b"\x00\x09\xff");
+        assert_eq!(
+            decode_record(&range, Some(b"range")),
+            Ok(LogOp::DeleteRange(
+                Table::Staged,
+                b"\x00\x01",
+                b"\x00\x09\xff"
+            ))
+        );
+        assert!(decode_record(&[], None).is_err());
+        assert!(decode_record(&[RANGE_MARK, 2, 0, 0, 0, 9, 1], Some(b"range")).is_err());
+        assert!(decode_record(&[200, 1], Some(b"v")).is_err());
+    }
+
+    #[test]
+    fn every_table_has_its_own_byte() {
+        for (i, t) in Table::ALL.iter().enumerate() {
+            assert_eq!(table_of(table_byte(*t)), Some(*t));
+            assert_eq!(table_byte(*t) as usize, i);
+        }
+        assert_ne!(Table::ALL.len(), RANGE_MARK as usize);
+    }
+}

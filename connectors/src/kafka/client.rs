@@ -1,0 +1,244 @@
+//! Shared Kafka plumbing: client settings, error classification, topic metadata and the
+//! creation and checking of internal topics.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+/// How long a metadata or admin request may take before it is retried.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A client configuration for `brokers` with the user's pass-through librdkafka `settings`
+/// applied last (they may override anything, e.g. `security.protocol`, `sasl.*`, `ssl.*`).
+pub(crate) fn client_config(brokers: &str, settings: &BTreeMap<String, String>) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    config.set("client.id", "weir");
+    for (key, value) in settings {
+        config.set(key, value);
+    }
+    config
+}
+
+/// Settings Weir tunes but the user may override through `settings`.
+pub(crate) trait SetDefault {
+    /// Sets `key` unless it is already set.
+    fn set_default(&mut self, key: &str, value: impl Into<String>) -> &mut Self;
+}
+
+impl SetDefault for ClientConfig {
+    fn set_default(&mut self, key: &str, value: impl Into<String>) -> &mut Self {
+        if self.get(key).is_none() {
+            self.set(key, value);
+        }
+        self
+    }
+}
+
+/// Whether retrying `e` may succeed: broker unavailable, timeouts, transport errors and the
+/// retriable error codes the broker marks as such.
+pub(crate) fn is_retryable(e: &KafkaError) -> bool {
+    match e.rdkafka_error_code() {
+        Some(code) => matches!(
+            code,
+            RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::OperationTimedOut
+                | RDKafkaErrorCode::RequestTimedOut
+                | RDKafkaErrorCode::NetworkException
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::NotLeaderForPartition
+                | RDKafkaErrorCode::NotCoordinator
+                | RDKafkaErrorCode::CoordinatorNotAvailable
+                | RDKafkaErrorCode::CoordinatorLoadInProgress
+                | RDKafkaErrorCode::ConcurrentTransactions
+                | RDKafkaErrorCode::Resolve
+                | RDKafkaErrorCode::QueueFull
+                | RDKafkaErrorCode::UnknownTopicOrPartition
+                | RDKafkaErrorCode::NotEnoughReplicas
+                | RDKafkaErrorCode::KafkaStorageError
+                | RDKafkaErrorCode::RebalanceInProgress
+        ),
+        None => matches!(e, KafkaError::Canceled | KafkaError::NoMessageReceived),
+    }
+}
+
+/// Whether `e` means this producer was fenced by a newer instance with the same
+/// `transactional.id` (another worker took the task over).
+pub(crate) fn is_fenced(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::Fenced
+                | RDKafkaErrorCode::InvalidProducerIdMapping
+        )
+    )
+}
+
+/// Runs `future` to completion on this thread. rdkafka's admin futures are driven by
+/// rdkafka's own threads; they only need a waker.
+pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
+    struct ThreadWaker(std::thread::Thread);
+    impl Wake for ThreadWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::park_timeout(Duration::from_millis(50));
+    }
+}
+
+/// Why a topic's metadata could not be had.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum TopicError {
+    /// The broker says the topic does not exist.
+    #[error("{0}")]
+    Missing(String),
+    /// The broker could not be asked (retry later).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// The partition count of each of `topics`, in order.
+pub(crate) fn partition_counts(
+    config: &ClientConfig,
+    topics: &[String],
+) -> Result<Vec<u32>, TopicError> {
+    let consumer: BaseConsumer = config
+        .create()
+        .map_err(|e| TopicError::Unavailable(format!("cannot create a Kafka client: {e}")))?;
+    topics
+        .iter()
+        .map(|topic| {
+            let metadata = consumer
+                .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
+                .map_err(|e| {
+                    TopicError::Unavailable(format!(
+                        "cannot read the metadata of topic `{topic}`: {e}"
+                    ))
+                })?;
+            match metadata.topics().iter().find(|t| t.name() == topic) {
+                Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                    Ok(t.partitions().len() as u32)
+                }
+                _ => Err(TopicError::Missing(format!(
+                    "topic `{topic}` does not exist"
+                ))),
+            }
+        })
+        .collect()
+}
+
+/// What an internal topic must look like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TopicSpec {
+    /// The topic name.
+    pub name: String,
+    /// Its partition count; an existing topic with another count is an error.
+    pub partitions: u32,
+    /// `true` for `cleanup.policy=compact` (changelogs), else `delete`.
+    pub compacted: bool,
+    /// Replication factor when the topic is created.
+    pub replication: i32,
+}
+
+/// Creates `spec`'s topic when it does not exist and checks an existing one: a different
+/// partition count or cleanup policy is an error that names the topic and how to fix it.
+pub(crate) fn ensure_topic(config: &ClientConfig, spec: &TopicSpec) -> Result<(), TopicError> {
+    let policy = if spec.compacted { "compact" } else { "delete" };
+    match partition_counts(config, std::slice::from_ref(&spec.name)) {
+        Err(e @ TopicError::Unavailable(_)) => Err(e),
+        Ok(counts) => {
+            if counts[0] != spec.partitions {
+                return Err(TopicError::Missing(format!(
+                    "internal topic `{}` has {} partitions but needs {} (one per input \
+                     partition); delete it or give this job another name",
+                    spec.name, counts[0], spec.partitions
+                )));
+            }
+            check_cleanup_policy(config, &spec.name, policy).map_err(TopicError::Missing)
+        }
+        Err(TopicError::Missing(_)) => {
+            let unavailable = |e: String| TopicError::Unavailable(e);
+            let admin: AdminClient<DefaultClientContext> = config
+                .create()
+                .map_err(|e| unavailable(format!("cannot create a Kafka admin client: {e}")))?;
+            let topic = NewTopic::new(
+                &spec.name,
+                spec.partitions as i32,
+                TopicReplication::Fixed(spec.replication),
+            )
+            .set("cleanup.policy", policy);
+            let options = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
+            let results = block_on(admin.create_topics([&topic], &options))
+                .map_err(|e| unavailable(format!("cannot create topic `{}`: {e}", spec.name)))?;
+            for result in results {
+                match result {
+                    Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    Err((name, code)) => {
+                        return Err(unavailable(format!("cannot create topic `{name}`: {code}")))
+                    }
+                }
+            }
+            tracing::info!(topic = %spec.name, partitions = spec.partitions, policy, "created internal topic");
+            // Metadata propagates asynchronously; wait until the topic is visible.
+            for _ in 0..50 {
+                if partition_counts(config, std::slice::from_ref(&spec.name))
+                    .is_ok_and(|c| c[0] == spec.partitions)
+                {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(unavailable(format!(
+                "topic `{}` was created but does not appear",
+                spec.name
+            )))
+        }
+    }
+}
+
+/// Checks `cleanup.policy` of an existing topic. Brokers that cannot describe configs are
+/// trusted with a warning (the policy is an optimisation of restore time, not of correctness).
+fn check_cleanup_policy(config: &ClientConfig, topic: &str, expected: &str) -> Result<(), String> {
+    let admin: AdminClient<DefaultClientContext> = config
+        .create()
+        .map_err(|e| format!("cannot create a Kafka admin client: {e}"))?;
+    let options = AdminOptions::new().request_timeout(Some(REQUEST_TIMEOUT));
+    let described = block_on(admin.describe_configs([&ResourceSpecifier::Topic(topic)], &options));
+    let policy = match described.as_deref() {
+        Ok([Ok(resource)]) => resource.get("cleanup.policy").and_then(|e| e.value.clone()),
+        _ => None,
+    };
+    match policy {
+        Some(p) if p.split(',').any(|part| part.trim() == expected) => Ok(()),
+        Some(p) => Err(format!(
+            "internal topic `{topic}` has cleanup.policy={p} but needs {expected}; fix it with \
+             kafka-configs --alter --add-config cleanup.policy={expected}"
+        )),
+        None => {
+            tracing::warn!(
+                topic,
+                "cannot read cleanup.policy of the topic; not checked"
+            );
+            Ok(())
+        }
+    }
+}

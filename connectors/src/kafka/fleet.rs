@@ -1,0 +1,273 @@
+//! A fleet backend on Kafka's consumer-group protocol: the group's assignments decide which
+//! worker runs which partition's task, and the changelog topic holds each task's replica.
+//!
+//! Each worker has one group member that subscribes to the source topics but fetches nothing
+//! (its partitions are paused): task readers have their own consumers, assigned to one
+//! partition each. On a revoke, the member stops the revoked tasks (each commits a last epoch)
+//! before it lets the rebalance go on, so the next owner starts from a fresh checkpoint. On
+//! a crash, the group notices after `session_timeout_ms` and the next owner fences the dead
+//! worker's transactional producers as it opens the task.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::{Offset, TopicPartitionList};
+use weir_engine::runtime::fleet::{CheckpointReplica, FleetBackend, FleetError, TaskControl};
+
+use super::changelog::ChangelogReplica;
+use super::client::SetDefault;
+use super::client::{client_config, ensure_topic, TopicError, TopicSpec};
+use super::config::{KafkaFleetConfig, KafkaSourceConfig};
+use super::offsets::{self, PendingOffsets};
+use super::source::task_partitions;
+
+/// How long a revoke waits for a task's last checkpoint before giving the partition up.
+const REVOKE_WAIT: Duration = Duration::from_secs(60);
+
+/// What the group member's callbacks share with the backend.
+#[derive(Default)]
+struct Shared {
+    /// Partitions the group assigned to this worker.
+    assigned: Mutex<BTreeSet<(String, i32)>>,
+    /// Running tasks by partition.
+    controls: Mutex<BTreeMap<(String, i32), TaskControl>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The member's rebalance callbacks.
+struct MemberContext {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for MemberContext {}
+
+impl ConsumerContext for MemberContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let revoked: Vec<(String, i32)> = match rebalance {
+            Rebalance::Revoke(tpl) => tpl
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_string(), e.partition()))
+                .collect(),
+            Rebalance::Error(e) => {
+                tracing::warn!(error = %e, "group rebalance error; stopping every task");
+                lock(&self.shared.assigned).iter().cloned().collect()
+            }
+            Rebalance::Assign(_) => return,
+        };
+        for tp in &revoked {
+            lock(&self.shared.assigned).remove(tp);
+        }
+        // Stop all revoked tasks at once, then wait: their last checkpoints run in parallel.
+        let controls: Vec<((String, i32), TaskControl)> = {
+            let mut controls = lock(&self.shared.controls);
+            revoked
+                .iter()
+                .filter_map(|tp| controls.remove(tp).map(|c| (tp.clone(), c)))
+                .collect()
+        };
+        for (_, control) in &controls {
+            control
+                .stop
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        for ((topic, partition), control) in controls {
+            if control.stop_and_wait(REVOKE_WAIT) {
+                tracing::info!(%topic, partition, "partition revoked; its task checkpointed and stopped");
+            } else {
+                tracing::warn!(%topic, partition, "partition revoked; its task did not stop in time (its writes are fenced by the next owner)");
+            }
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            // Task readers fetch; the member only holds the assignment.
+            if let Err(e) = consumer.pause(tpl) {
+                tracing::warn!(error = %e, "cannot pause the member's partitions");
+            }
+            let mut assigned = lock(&self.shared.assigned);
+            for e in tpl.elements() {
+                assigned.insert((e.topic().to_string(), e.partition()));
+            }
+            tracing::info!(partitions = ?*assigned, "group assigned partitions");
+        }
+    }
+}
+
+/// The Kafka fleet backend of one worker.
+pub struct KafkaFleet {
+    job: String,
+    group: String,
+    client: ClientConfig,
+    changelog: String,
+    /// (topic, partition) of each task index.
+    tasks: Vec<(String, i32)>,
+    member: BaseConsumer<MemberContext>,
+    shared: Arc<Shared>,
+    pending: PendingOffsets,
+}
+
+impl KafkaFleet {
+    /// Joins `source`'s consumer group for job `job` and makes sure the changelog topic
+    /// (`<job>-changelog`, compacted, one partition per task) exists.
+    pub fn join(
+        job: &str,
+        source: &KafkaSourceConfig,
+        config: &KafkaFleetConfig,
+    ) -> Result<KafkaFleet, FleetError> {
+        let client = client_config(&source.brokers, &source.settings);
+        let tasks = task_partitions(source).map_err(|e| FleetError::Fatal(e.to_string()))?;
+        let changelog = format!("{job}-changelog");
+        ensure_topic(
+            &client,
+            &TopicSpec {
+                name: changelog.clone(),
+                partitions: tasks.len() as u32,
+                compacted: true,
+                replication: source.replication_factor,
+            },
+        )
+        .map_err(|e| match e {
+            TopicError::Missing(m) => FleetError::Fatal(m),
+            TopicError::Unavailable(m) => FleetError::Retryable(m),
+        })?;
+        let shared = Arc::new(Shared::default());
+        let mut member_config = client.clone();
+        member_config
+            .set("group.id", &source.group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("session.timeout.ms", config.session_timeout_ms.to_string())
+            .set_default(
+                "heartbeat.interval.ms",
+                (config.session_timeout_ms / 4).max(100).to_string(),
+            );
+        let member: BaseConsumer<MemberContext> = member_config
+            .create_with_context(MemberContext {
+                shared: shared.clone(),
+            })
+            .map_err(|e| FleetError::Fatal(format!("group member: {e}")))?;
+        let topics: Vec<&str> = source.topics.iter().map(String::as_str).collect();
+        member
+            .subscribe(&topics)
+            .map_err(|e| FleetError::Fatal(format!("cannot subscribe: {e}")))?;
+        let pending = offsets::register(&source.group);
+        Ok(KafkaFleet {
+            job: job.to_string(),
+            group: source.group.clone(),
+            client,
+            changelog,
+            tasks,
+            member,
+            shared,
+            pending,
+        })
+    }
+
+    fn partition_of(&self, task: &str) -> Result<&(String, i32), FleetError> {
+        task.strip_prefix('p')
+            .and_then(|i| i.parse::<usize>().ok())
+            .and_then(|i| self.tasks.get(i))
+            .ok_or_else(|| FleetError::Fatal(format!("unknown task `{task}`")))
+    }
+
+    /// Commits the offsets task readers reported since the last poll.
+    fn commit_reported_offsets(&self) {
+        let pending = std::mem::take(&mut *lock(&self.pending));
+        if pending.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        let assigned = lock(&self.shared.assigned);
+        for ((topic, partition), offset) in pending {
+            if assigned.contains(&(topic.clone(), partition)) {
+                let _ = tpl.add_partition_offset(&topic, partition, Offset::Offset(offset));
+            }
+        }
+        drop(assigned);
+        if tpl.count() > 0 {
+            if let Err(e) = self.member.commit(&tpl, CommitMode::Async) {
+                tracing::debug!(error = %e, "group offset commit failed (progress report only)");
+            }
+        }
+    }
+}
+
+impl FleetBackend for KafkaFleet {
+    fn heartbeat(&self, _worker: &str, _ttl: Duration) -> Result<u32, FleetError> {
+        // Polling serves the group protocol's callbacks; the member fetches nothing, but a
+        // record fetched before its partition was paused is dropped here (task readers read it).
+        for _ in 0..100 {
+            match self.member.poll(Duration::ZERO) {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => tracing::debug!(error = %e, "group member event"),
+                None => break,
+            }
+        }
+        self.commit_reported_offsets();
+        // The group balances the partitions; this worker takes every task it was assigned.
+        Ok(1)
+    }
+
+    fn acquire(
+        &self,
+        task: &str,
+        _worker: &str,
+        _ttl: Duration,
+    ) -> Result<Option<String>, FleetError> {
+        let tp = self.partition_of(task)?;
+        Ok(lock(&self.shared.assigned)
+            .contains(tp)
+            .then(|| format!("{}/{}", tp.0, tp.1)))
+    }
+
+    fn renew(&self, task: &str, _token: &str, _ttl: Duration) -> Result<bool, FleetError> {
+        let tp = self.partition_of(task)?;
+        Ok(lock(&self.shared.assigned).contains(tp))
+    }
+
+    fn release(&self, task: &str, _token: &str) -> Result<(), FleetError> {
+        let tp = self.partition_of(task)?.clone();
+        lock(&self.shared.controls).remove(&tp);
+        Ok(())
+    }
+
+    fn leave(&self, _worker: &str) -> Result<(), FleetError> {
+        offsets::unregister(&self.group);
+        self.member.unsubscribe();
+        Ok(())
+    }
+
+    fn replica(&self, task: &str, _token: &str) -> Result<Arc<dyn CheckpointReplica>, FleetError> {
+        let index = task
+            .strip_prefix('p')
+            .and_then(|i| i.parse::<i32>().ok())
+            .ok_or_else(|| FleetError::Fatal(format!("unknown task `{task}`")))?;
+        Ok(Arc::new(ChangelogReplica::open(
+            &self.client,
+            &self.job,
+            task,
+            &self.changelog,
+            index,
+        )?))
+    }
+
+    fn task_started(&self, task: &str, control: TaskControl) {
+        if let Ok(tp) = self.partition_of(task) {
+            lock(&self.shared.controls).insert(tp.clone(), control);
+        }
+    }
+
+    fn poll_interval(&self, _lease_ttl: Duration) -> Duration {
+        // Rebalances wait for every member to poll; keep that short.
+        Duration::from_millis(200)
+    }
+}

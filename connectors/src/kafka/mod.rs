@@ -1,0 +1,17 @@
+//! Kafka: a source reading each partition as its own task, a transactional sink, a
+//! changelog-backed checkpoint replica and a fleet backend driven by consumer-group
+//! assignments.
+
+mod changelog;
+mod client;
+pub mod config;
+pub mod decode;
+pub mod fleet;
+mod offsets;
+pub mod sink;
+pub mod source;
+
+pub use changelog::ChangelogReplica;
+pub use config::{KafkaFleetConfig, KafkaSinkConfig, KafkaSourceConfig};
+pub use fleet::KafkaFleet;
+pub use sink::KafkaSink;

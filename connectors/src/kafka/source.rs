@@ -1,0 +1,294 @@
+//! The Kafka source: one [`SourcePartition`] per topic partition, each with its own consumer
+//! assigned to exactly that partition, reading `read_committed`.
+//!
+//! Positions are the next offset to read (8 bytes, big-endian) and are stored with the window
+//! state, so a restart resumes exactly (as Arroyo does; the group's committed offsets are
+//! progress reports for lag tools). Each partition runs in its own task; back-pressure is
+//! natural because a task polls only when its pipeline has room, and librdkafka's prefetch
+//! queue is bounded per partition (`queued.max.messages.kbytes`).
+
+use std::time::Duration;
+
+use compact_str::{format_compact, CompactString};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use weir_engine::event::DeadLetter;
+use weir_engine::runtime::{
+    DecodeContext, PartitionSelection, PollStatus, SourceBatch, SourceError, SourcePartition,
+};
+
+use super::client::SetDefault;
+use super::client::{client_config, is_retryable, partition_counts, TopicError, REQUEST_TIMEOUT};
+use super::config::{KafkaSourceConfig, StartFrom};
+use super::decode::MessageDecoder;
+use super::offsets;
+
+/// How long one `poll` waits for the first message.
+const POLL_WAIT: Duration = Duration::from_millis(50);
+
+/// The (topic, partition) of each task index of a source, in task order: topics in the
+/// configured order, then partitions ascending.
+pub fn task_partitions(config: &KafkaSourceConfig) -> Result<Vec<(String, i32)>, SourceError> {
+    let client = client_config(&config.brokers, &config.settings);
+    let counts = partition_counts(&client, &config.topics).map_err(|e| match e {
+        TopicError::Missing(m) => SourceError::Fatal(m),
+        TopicError::Unavailable(m) => SourceError::Retryable(m),
+    })?;
+    Ok(config
+        .topics
+        .iter()
+        .zip(counts)
+        .flat_map(|(topic, n)| (0..n as i32).map(move |p| (topic.clone(), p)))
+        .collect())
+}
+
+/// Opens the selected partitions of a Kafka source.
+pub fn open_kafka_source(
+    name: &str,
+    config: &KafkaSourceConfig,
+    ctx: &DecodeContext,
+    selection: &PartitionSelection,
+) -> Result<Vec<Box<dyn SourcePartition>>, SourceError> {
+    let mut partitions: Vec<Box<dyn SourcePartition>> = Vec::new();
+    for (index, (topic, partition)) in task_partitions(config)?.into_iter().enumerate() {
+        if selection.contains(index as u32) {
+            partitions.push(Box::new(KafkaPartition::open(
+                name, config, ctx, topic, partition,
+            )?));
+        }
+    }
+    Ok(partitions)
+}
+
+/// The consumer settings of one partition reader.
+fn consumer_config(config: &KafkaSourceConfig) -> ClientConfig {
+    let mut client = client_config(&config.brokers, &config.settings);
+    client
+        .set("group.id", &config.group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .set_default("fetch.wait.max.ms", "100")
+        .set_default("queued.max.messages.kbytes", "16384");
+    client
+}
+
+/// One topic partition read by one task.
+pub struct KafkaPartition {
+    id: String,
+    source: CompactString,
+    group: String,
+    topic: String,
+    partition: i32,
+    consumer: BaseConsumer,
+    decoder: MessageDecoder,
+    start: StartFrom,
+    end_at_tail: bool,
+    /// The next offset to read; `None` until the start offset is resolved.
+    next: Option<i64>,
+    /// With `end_at_tail`: the high watermark when the partition was first polled.
+    end: Option<i64>,
+    assigned: bool,
+}
+
+impl KafkaPartition {
+    fn open(
+        name: &str,
+        config: &KafkaSourceConfig,
+        ctx: &DecodeContext,
+        topic: String,
+        partition: i32,
+    ) -> Result<Self, SourceError> {
+        let consumer: BaseConsumer = consumer_config(config)
+            .create()
+            .map_err(|e| SourceError::Fatal(format!("cannot create a Kafka consumer: {e}")))?;
+        let decoder = MessageDecoder::new(config.format, config.avro.as_ref(), ctx)?;
+        Ok(KafkaPartition {
+            id: format!("kafka:{topic}/{partition}"),
+            source: name.into(),
+            group: config.group.clone(),
+            topic,
+            partition,
+            consumer,
+            decoder,
+            start: config.start,
+            end_at_tail: config.end_at_tail,
+            next: None,
+            end: None,
+            assigned: false,
+        })
+    }
+
+    /// Resolves where to start (stored position, else the group's committed offset, else the
+    /// configured start) and assigns the partition there.
+    fn assign(&mut self) -> Result<(), SourceError> {
+        let (low, high) = self
+            .consumer
+            .fetch_watermarks(&self.topic, self.partition, REQUEST_TIMEOUT)
+            .map_err(|e| self.error("read the partition's offsets", e))?;
+        let next = match self.next {
+            Some(next) => next,
+            None => {
+                let committed = self.committed_offset()?;
+                let next = match (committed, self.start) {
+                    (Some(offset), _) => offset,
+                    (None, StartFrom::Earliest) => low,
+                    (None, StartFrom::Latest) => high,
+                };
+                tracing::info!(partition = %self.id, next, "no stored position; starting here");
+                next
+            }
+        };
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.topic, self.partition, Offset::Offset(next))
+            .map_err(|e| SourceError::Fatal(e.to_string()))?;
+        self.consumer
+            .assign(&tpl)
+            .map_err(|e| self.error("assign the partition", e))?;
+        self.next = Some(next);
+        if self.end_at_tail && self.end.is_none() {
+            self.end = Some(high);
+        }
+        self.assigned = true;
+        Ok(())
+    }
+
+    /// The group's committed offset of this partition, if any.
+    fn committed_offset(&self) -> Result<Option<i64>, SourceError> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.topic, self.partition);
+        let committed = self
+            .consumer
+            .committed_offsets(tpl, REQUEST_TIMEOUT)
+            .map_err(|e| self.error("read the group's committed offset", e))?;
+        Ok(committed
+            .find_partition(&self.topic, self.partition)
+            .and_then(|p| match p.offset() {
+                Offset::Offset(o) if o >= 0 => Some(o),
+                _ => None,
+            }))
+    }
+
+    fn error(&self, what: &str, e: KafkaError) -> SourceError {
+        let text = format!("{}: cannot {what}: {e}", self.id);
+        if is_retryable(&e) {
+            SourceError::Retryable(text)
+        } else {
+            SourceError::Fatal(text)
+        }
+    }
+
+    fn reached_end(&self) -> bool {
+        matches!((self.next, self.end), (Some(next), Some(end)) if next >= end)
+    }
+}
+
+impl SourcePartition for KafkaPartition {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn seek(&mut self, position: &[u8]) -> Result<(), SourceError> {
+        self.assigned = false;
+        if position.is_empty() {
+            // Stored before the start offset was resolved: start as configured.
+            self.next = None;
+            return Ok(());
+        }
+        let raw: [u8; 8] = position.try_into().map_err(|_| {
+            SourceError::Fatal(format!(
+                "{}: stored position has {} bytes, expected 8",
+                self.id,
+                position.len()
+            ))
+        })?;
+        self.next = Some(i64::from_be_bytes(raw));
+        Ok(())
+    }
+
+    fn poll(
+        &mut self,
+        out: &mut SourceBatch,
+        max_records: usize,
+    ) -> Result<PollStatus, SourceError> {
+        if !self.assigned {
+            self.assign()?;
+        }
+        if self.reached_end() {
+            return Ok(PollStatus::End);
+        }
+        let mut produced = 0usize;
+        let mut wait = POLL_WAIT;
+        while produced < max_records {
+            let Some(result) = self.consumer.poll(wait) else {
+                break;
+            };
+            wait = Duration::ZERO;
+            let message = match result {
+                Ok(m) => m,
+                Err(KafkaError::PartitionEOF(_)) => {
+                    // Past the last record: the position may skip transaction markers.
+                    if let Ok(tpl) = self.consumer.position() {
+                        if let Some(Offset::Offset(o)) = tpl
+                            .find_partition(&self.topic, self.partition)
+                            .map(|p| p.offset())
+                        {
+                            self.next = Some(self.next.map_or(o, |n| n.max(o)));
+                        }
+                    }
+                    break;
+                }
+                Err(e) => return Err(self.error("read", e)),
+            };
+            let offset = message.offset();
+            match self.decoder.decode(&message) {
+                Ok(record) => out.records.push(record),
+                Err(error) => out.dead_letters.push(DeadLetter {
+                    source: self.source.clone(),
+                    partition: format_compact!("{}/{}", self.topic, self.partition),
+                    offset: format_compact!("{offset}"),
+                    raw: message.payload().unwrap_or_default().to_vec(),
+                    error,
+                }),
+            }
+            self.next = Some(offset + 1);
+            produced += 1;
+        }
+        if produced > 0 {
+            Ok(PollStatus::Data)
+        } else if self.reached_end() {
+            Ok(PollStatus::End)
+        } else {
+            Ok(PollStatus::Idle)
+        }
+    }
+
+    fn position(&self) -> Vec<u8> {
+        match self.next {
+            Some(next) => next.to_be_bytes().to_vec(),
+            None => Vec::new(),
+        }
+    }
+
+    fn on_committed(&mut self, position: &[u8]) -> Result<(), SourceError> {
+        let Ok(raw) = <[u8; 8]>::try_from(position) else {
+            return Ok(());
+        };
+        let offset = i64::from_be_bytes(raw);
+        // In a fleet the group's member commits (a non-member's commit is refused while the
+        // group has members); a lone job commits itself.
+        if offsets::report(&self.group, &self.topic, self.partition, offset) {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.topic, self.partition, Offset::Offset(offset))
+            .map_err(|e| SourceError::Fatal(e.to_string()))?;
+        self.consumer
+            .commit(&tpl, CommitMode::Async)
+            .map_err(|e| self.error("commit the group offset", e))
+    }
+}

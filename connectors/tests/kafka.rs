@@ -1,0 +1,461 @@
+//! The Kafka source, transactional sink and changelog replica against a real Kafka-protocol
+//! broker.
+//!
+//! Needs `WEIR_TEST_KAFKA` (e.g. `eval "$(scripts/services.sh start kafka)"`).
+
+#![cfg(feature = "kafka")]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use weir_connectors::kafka::source::open_kafka_source;
+use weir_connectors::kafka::{ChangelogReplica, KafkaSink, KafkaSinkConfig, KafkaSourceConfig};
+use weir_engine::checkpoint::{read_progress, write_committed, write_prepared, Progress};
+use weir_engine::event::{EventRecord, FieldSlots, Output, Value};
+use weir_engine::runtime::fleet::{CheckpointReplica, FleetError};
+use weir_engine::runtime::{
+    DecodeContext, PartitionSelection, PollStatus, Sink, SinkScope, SourceBatch,
+};
+use weir_engine::state::{MemoryStateStore, StateBatch, StateStore, Table};
+use weir_engine::topology::EventTimeSpec;
+
+fn brokers() -> String {
+    std::env::var("WEIR_TEST_KAFKA").unwrap_or_else(|_| {
+        panic!(
+            "WEIR_TEST_KAFKA is not set; start a broker with \
+             `eval \"$(scripts/services.sh start kafka)\"`"
+        )
+    })
+}
+
+/// A name no other test run uses.
+fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("t-{name}-{}-{nanos}", std::process::id())
+}
+
+fn client() -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers());
+    c
+}
+
+fn create_topic(topic: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<_> = client().create().unwrap();
+    let topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let fut = admin.create_topics([&topic], &AdminOptions::new());
+    let result = futures_block_on(fut).unwrap();
+    assert!(result.iter().all(Result::is_ok), "{result:?}");
+    let consumer: BaseConsumer = client().create().unwrap();
+    for _ in 0..100 {
+        let md = consumer
+            .fetch_metadata(Some(topic.name), Duration::from_secs(5))
+            .unwrap();
+        if md
+            .topics()
+            .iter()
+            .any(|t| t.partitions().len() == partitions as usize)
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("topic {} did not appear", topic.name);
+}
+
+fn futures_block_on<F: std::future::Future>(f: F) -> F::Output {
+    use std::task::{Context, Poll, Wake, Waker};
+    struct W(std::thread::Thread);
+    impl Wake for W {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(W(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park_timeout(Duration::from_millis(20));
+    }
+}
+
+fn produce(topic: &str, records: &[(i32, Option<&str>, &str)]) {
+    let producer: BaseProducer = client().create().unwrap();
+    for (partition, key, value) in records {
+        let mut r = BaseRecord::<str, str>::to(topic)
+            .partition(*partition)
+            .payload(value);
+        if let Some(k) = key {
+            r = r.key(k);
+        }
+        producer.send(r).map_err(|(e, _)| e).unwrap();
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+}
+
+/// Every value of `topic` a read_committed consumer sees, by partition.
+fn read_committed(topic: &str, partitions: i32) -> Vec<(Option<String>, String)> {
+    let consumer: BaseConsumer = client()
+        .set("group.id", unique("reader"))
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let mut eof = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while eof < partitions && Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => out.push((
+                m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+            )),
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => eof += 1,
+            Some(Err(e)) => panic!("{e}"),
+            None => {}
+        }
+    }
+    out
+}
+
+fn decode_ctx(fields: &[&str]) -> DecodeContext {
+    let mut slots = FieldSlots::default();
+    for f in fields {
+        slots.slot(f);
+    }
+    DecodeContext {
+        source_name: "in".into(),
+        slots: Arc::new(slots),
+        event_time: serde_json::from_value::<EventTimeSpec>(
+            serde_json::json!({"field": "ts", "format": "epoch_millis"}),
+        )
+        .unwrap(),
+    }
+}
+
+fn source_config(topic: &str, extra: serde_json::Value) -> KafkaSourceConfig {
+    let mut options = serde_json::json!({
+        "brokers": brokers(), "topics": [topic], "group": unique("g"), "end_at_tail": true
+    });
+    options
+        .as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    KafkaSourceConfig::from_options("sources.in", options.as_object().unwrap()).unwrap()
+}
+
+#[test]
+fn source_reads_each_partition_in_order_and_resumes_at_its_position() {
+    let topic = unique("src");
+    create_topic(&topic, 2);
+    produce(
+        &topic,
+        &[
+            (0, Some("a"), r#"{"user":"a","ts":1000}"#),
+            (1, Some("b"), r#"{"user":"b","ts":1001}"#),
+            (0, Some("a"), "{not json"),
+            (0, None, r#"{"user":"c","ts":1002}"#),
+        ],
+    );
+    let config = source_config(&topic, serde_json::json!({}));
+    let ctx = decode_ctx(&["user", "_key", "_partition", "_offset"]);
+    let mut parts = open_kafka_source("in", &config, &ctx, &PartitionSelection::All).unwrap();
+    assert_eq!(parts.len(), 2);
+    assert_eq!(parts[0].id(), format!("kafka:{topic}/0"));
+
+    let mut batch = SourceBatch::default();
+    let mut status = PollStatus::Idle;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status != PollStatus::End && Instant::now() < deadline {
+        status = parts[0].poll(&mut batch, 1).unwrap();
+        if batch.records.len() == 1 && batch.dead_letters.is_empty() {
+            // Resume from the position after the first record on a fresh reader.
+            let position = parts[0].position();
+            let mut again =
+                open_kafka_source("in", &config, &ctx, &PartitionSelection::Only(vec![0])).unwrap();
+            again[0].seek(&position).unwrap();
+            let mut b2 = SourceBatch::default();
+            let until = Instant::now() + Duration::from_secs(20);
+            while b2.records.len() + b2.dead_letters.len() < 2 && Instant::now() < until {
+                again[0].poll(&mut b2, 10).unwrap();
+            }
+            assert_eq!(b2.dead_letters.len(), 1, "the bad record, once");
+            assert_eq!(b2.records.len(), 1);
+            assert_eq!(b2.records[0].fields[0], Value::Str("c".into()));
+        }
+    }
+    assert_eq!(status, PollStatus::End, "end_at_tail ends the partition");
+    assert_eq!(batch.records.len(), 2);
+    assert_eq!(batch.records[0].time, 1000);
+    assert_eq!(batch.records[0].fields[1], Value::Str("a".into()));
+    assert_eq!(batch.records[0].fields[2], Value::Int(0));
+    assert_eq!(batch.records[1].fields[1], Value::Null, "no key");
+    assert_eq!(batch.records[1].fields[3], Value::Int(2));
+    assert_eq!(batch.dead_letters.len(), 1);
+    let dead = &batch.dead_letters[0];
+    assert_eq!(dead.partition, format!("{topic}/0"));
+    assert_eq!(dead.offset, "1");
+    assert_eq!(dead.raw, b"{not json");
+
+    let mut other = SourceBatch::default();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while parts[1].poll(&mut other, 100).unwrap() != PollStatus::End {
+        assert!(Instant::now() < deadline, "partition 1 never ended");
+    }
+    assert_eq!(other.records.len(), 1);
+}
+
+#[test]
+fn committed_positions_become_the_groups_offsets() {
+    let topic = unique("offsets");
+    create_topic(&topic, 1);
+    produce(
+        &topic,
+        &[(0, None, r#"{"ts":1}"#), (0, None, r#"{"ts":2}"#)],
+    );
+    let config = source_config(&topic, serde_json::json!({}));
+    let ctx = decode_ctx(&[]);
+    let mut parts = open_kafka_source("in", &config, &ctx, &PartitionSelection::All).unwrap();
+    let mut batch = SourceBatch::default();
+    while parts[0].poll(&mut batch, 100).unwrap() != PollStatus::End {}
+    let position = parts[0].position();
+    parts[0].on_committed(&position).unwrap();
+
+    // A reader without a stored position starts at the group's committed offset.
+    produce(&topic, &[(0, None, r#"{"ts":3}"#)]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut fresh = open_kafka_source(
+            "in",
+            &source_config(&topic, serde_json::json!({"group": config.group})),
+            &ctx,
+            &PartitionSelection::All,
+        )
+        .unwrap();
+        let mut b = SourceBatch::default();
+        while fresh[0].poll(&mut b, 100).unwrap() != PollStatus::End {}
+        if b.records.len() == 1 {
+            assert_eq!(b.records[0].time, 3);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the group offset was not used: {} records",
+            b.records.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn sink_config(topic: &str) -> KafkaSinkConfig {
+    let options = serde_json::json!({
+        "brokers": brokers(), "topic": topic, "key": ["user"], "create_partitions": 3
+    });
+    KafkaSinkConfig::from_options("sinks.out", options.as_object().unwrap()).unwrap()
+}
+
+fn stage(sink: &KafkaSink, users: &[&str]) -> Vec<u8> {
+    let mut encoder = sink.encoder();
+    let mut staged = Vec::new();
+    for u in users {
+        encoder.encode(
+            &Output::Event(EventRecord {
+                pipeline: "p".into(),
+                time: 1,
+                fields: vec![("user".into(), Value::Str((*u).into()))],
+            }),
+            &mut staged,
+        );
+    }
+    staged
+}
+
+fn counts(records: &[(Option<String>, String)]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for (key, value) in records {
+        let v: serde_json::Value = serde_json::from_str(value).unwrap();
+        assert_eq!(key.as_deref(), v["user"].as_str(), "keyed by user");
+        *m.entry(v["user"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    m
+}
+
+#[test]
+fn sink_commits_each_epoch_once_even_when_committed_again() {
+    let topic = unique("sink");
+    let scope = SinkScope {
+        job: unique("job"),
+        task: "p0".into(),
+    };
+    let mut sink = KafkaSink::open("out", &scope, &sink_config(&topic)).unwrap();
+    sink.recover(None).unwrap();
+    let e1 = stage(&sink, &["a", "b"]);
+    let e2 = stage(&sink, &["a"]);
+    sink.commit(1, &e1).unwrap();
+    sink.commit(1, &e1).unwrap();
+    sink.commit(2, &e2).unwrap();
+
+    // A restarted task re-commits epoch 2 (it was prepared but not confirmed).
+    let mut again = KafkaSink::open("out", &scope, &sink_config(&topic)).unwrap();
+    again.recover(Some(1)).unwrap();
+    again.commit(2, &e2).unwrap();
+    again.commit(3, &stage(&again, &["c"])).unwrap();
+
+    let seen = counts(&read_committed(&topic, 3));
+    assert_eq!(
+        seen,
+        BTreeMap::from([("a".into(), 2), ("b".into(), 1), ("c".into(), 1)])
+    );
+}
+
+#[test]
+fn a_zombie_sink_is_fenced_and_its_open_transaction_is_invisible() {
+    let topic = unique("zombie");
+    let scope = SinkScope {
+        job: unique("job"),
+        task: "p1".into(),
+    };
+    let config = sink_config(&topic);
+    let mut old = KafkaSink::open("out", &scope, &config).unwrap();
+    old.recover(None).unwrap();
+    old.commit(1, &stage(&old, &["a"])).unwrap();
+
+    // A transaction left open by a crashed instance with the same transactional.id.
+    let crashed: BaseProducer = client()
+        .set(
+            "transactional.id",
+            weir_connectors::kafka::sink::fence_id(&scope, "out"),
+        )
+        .create()
+        .unwrap();
+    crashed.init_transactions(Duration::from_secs(30)).unwrap();
+    crashed.begin_transaction().unwrap();
+    crashed
+        .send(
+            BaseRecord::<str, str>::to(&topic)
+                .key("ghost")
+                .payload(r#"{"user":"ghost"}"#),
+        )
+        .map_err(|(e, _)| e)
+        .unwrap();
+    crashed.flush(Duration::from_secs(10)).unwrap();
+
+    let mut new = KafkaSink::open("out", &scope, &config).unwrap();
+    new.recover(Some(1)).unwrap();
+    new.commit(2, &stage(&new, &["b"])).unwrap();
+    drop(crashed);
+
+    // The old instance was fenced by the new one's initialisation.
+    let err = old.commit(3, &stage(&old, &["x"])).unwrap_err();
+    assert!(
+        err.to_string().contains("took this task over") || err.to_string().contains("enced"),
+        "{err}"
+    );
+
+    let seen = counts(&read_committed(&topic, 3));
+    assert_eq!(seen, BTreeMap::from([("a".into(), 1), ("b".into(), 1)]));
+}
+
+fn all(store: &MemoryStateStore, table: Table) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::new();
+    store
+        .scan(table, b"", None, &mut |k, v| {
+            out.push((k.to_vec(), v.to_vec()));
+            true
+        })
+        .unwrap();
+    out
+}
+
+#[test]
+fn changelog_restores_the_state_and_fences_an_older_owner() {
+    let job = unique("cl");
+    let topic = format!("{job}-changelog");
+    create_topic(&topic, 2);
+    let replica = ChangelogReplica::open(&client(), &job, "p1", &topic, 1).unwrap();
+    let local = MemoryStateStore::new();
+    let apply = |batch: StateBatch| {
+        replica.replicate(&batch).unwrap();
+        local.write(batch).unwrap();
+    };
+    let mut b = StateBatch::default();
+    for i in 0..2_000u32 {
+        b.put(Table::Windows, i.to_be_bytes().to_vec(), vec![1; 10]);
+    }
+    b.put(
+        Table::Positions,
+        b"kafka:x/1".to_vec(),
+        7u64.to_be_bytes().to_vec(),
+    );
+    b.put(
+        Table::Staged,
+        vec![0, 0, 0, 0, 0, 0, 0, 1],
+        b"staged".to_vec(),
+    );
+    write_prepared(&mut b, 1);
+    apply(b);
+    let mut b = StateBatch::default();
+    write_committed(&mut b, 1);
+    b.delete_range(
+        Table::Windows,
+        100u32.to_be_bytes().to_vec(),
+        1_000u32.to_be_bytes().to_vec(),
+    );
+    b.delete(Table::Windows, 1_500u32.to_be_bytes().to_vec());
+    b.put(Table::Windows, 150u32.to_be_bytes().to_vec(), vec![2; 3]);
+    b.delete_range(
+        Table::Staged,
+        0u64.to_be_bytes().to_vec(),
+        2u64.to_be_bytes().to_vec(),
+    );
+    write_prepared(&mut b, 2);
+    apply(b);
+
+    // A new owner: opening fences the old one, then the replica restores what it wrote.
+    let next = ChangelogReplica::open(&client(), &job, "p1", &topic, 1).unwrap();
+    assert_eq!(
+        next.progress().unwrap(),
+        Progress {
+            prepared: Some(2),
+            committed: Some(1)
+        }
+    );
+    let restored = MemoryStateStore::new();
+    next.restore(&restored).unwrap();
+    for table in Table::ALL {
+        assert_eq!(all(&restored, table), all(&local, table), "{table:?}");
+    }
+    assert_eq!(
+        read_progress(&restored).unwrap(),
+        read_progress(&local).unwrap()
+    );
+    assert_eq!(all(&restored, Table::Windows).len(), 2_000 - 900 - 1 + 1);
+
+    let mut late = StateBatch::default();
+    write_committed(&mut late, 2);
+    match replica.replicate(&late) {
+        Err(FleetError::Fenced(_)) => {}
+        other => panic!("the old owner must be fenced, got {other:?}"),
+    }
+    assert_eq!(next.progress().unwrap().committed, Some(1));
+}
