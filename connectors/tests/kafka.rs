@@ -410,8 +410,12 @@ fn changelog_restores_the_state_and_fences_an_older_owner() {
     b.put(
         Table::Staged,
         vec![0, 0, 0, 0, 0, 0, 0, 1],
-        b"staged".to_vec(),
+        vec![7; 1_500_000],
     );
+    // Values above a broker's record limit are chunked in the log.
+    let big: Vec<u8> = (0..1_200_000u32).map(|i| (i % 251) as u8).collect();
+    b.put(Table::Sessions, b"big".to_vec(), big.clone());
+    b.put(Table::Sessions, b"shrinks".to_vec(), vec![3; 2_000_000]);
     write_prepared(&mut b, 1);
     apply(b);
     let mut b = StateBatch::default();
@@ -428,6 +432,7 @@ fn changelog_restores_the_state_and_fences_an_older_owner() {
         0u64.to_be_bytes().to_vec(),
         2u64.to_be_bytes().to_vec(),
     );
+    b.put(Table::Sessions, b"shrinks".to_vec(), vec![4; 10]);
     write_prepared(&mut b, 2);
     apply(b);
 
@@ -450,6 +455,12 @@ fn changelog_restores_the_state_and_fences_an_older_owner() {
         read_progress(&local).unwrap()
     );
     assert_eq!(all(&restored, Table::Windows).len(), 2_000 - 900 - 1 + 1);
+    assert_eq!(restored.get(Table::Sessions, b"big").unwrap(), Some(big));
+    assert_eq!(
+        restored.get(Table::Sessions, b"shrinks").unwrap(),
+        Some(vec![4; 10])
+    );
+    assert!(all(&restored, Table::Staged).is_empty());
 
     let mut late = StateBatch::default();
     write_committed(&mut late, 2);

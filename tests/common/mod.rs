@@ -21,10 +21,13 @@ use weir_engine::oracle::{self, OracleInput, OracleSpec, ResultMap};
 use weir_engine::runtime::DecodeContext;
 use weir_engine::topology::{load_str, AggregateFunction, StepSpec, Topology};
 
-/// The `weir` binary under test.
+/// The `weir` binary under test, logging warnings (or `WEIR_TEST_LOG`, a `WEIR_LOG` filter).
 pub fn weir() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
-    cmd.env("WEIR_LOG", "warn");
+    cmd.env(
+        "WEIR_LOG",
+        std::env::var("WEIR_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+    );
     cmd
 }
 

@@ -10,13 +10,23 @@
 //! range delete is a record keyed `0xFF ‖ table byte ‖ start length (u32) ‖ start ‖ end`.
 //! Replaying the log in order rebuilds the store, and stays right under compaction: compaction
 //! only drops a record when a later one has the same key, which supersedes it.
+//!
+//! Values above [`CHUNK_BYTES`] (an epoch's staged outputs after a long catch-up) are split,
+//! because brokers refuse records above ~1 MB: chunk records keyed `0xFE ‖ table byte ‖ index
+//! (u32) ‖ state key` come first, then the state key's record with a placeholder value and a
+//! `weir.chunks` header giving the count. A restore assembles the value from the chunks seen
+//! since; if one is missing, compaction removed it because a later version rewrote it, and
+//! that later version supersedes this one. Chunks of a key that is deleted or rewritten
+//! smaller get tombstones, so they do not pile up.
 
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use weir_engine::checkpoint::{Epoch, Progress, COMMITTED_KEY, PREPARED_KEY};
@@ -28,6 +38,12 @@ use super::client::{is_fenced, is_retryable, REQUEST_TIMEOUT};
 
 /// Marks a range-delete record key.
 const RANGE_MARK: u8 = 0xFF;
+/// Marks a chunk record key.
+const CHUNK_MARK: u8 = 0xFE;
+/// The largest value written as one record.
+pub const CHUNK_BYTES: usize = 512 * 1024;
+/// The header of a chunked value's record: its chunk count (u32, big-endian).
+const CHUNKS_HEADER: &str = "weir.chunks";
 /// Operations copied per local write during a restore.
 const RESTORE_BATCH: usize = 10_000;
 /// How long a transaction commit may take.
@@ -47,11 +63,28 @@ enum LogOp<'a> {
     Put(Table, &'a [u8], &'a [u8]),
     Delete(Table, &'a [u8]),
     DeleteRange(Table, &'a [u8], &'a [u8]),
+    /// Chunk `index` of a large value of the state key (`None`: the chunk's tombstone).
+    Chunk(Vec<u8>, u32, Option<&'a [u8]>),
+    /// A large value made of this many chunks, written just before.
+    Chunked(Table, &'a [u8], u32),
 }
 
-fn decode_record<'a>(key: &'a [u8], value: Option<&'a [u8]>) -> Result<LogOp<'a>, String> {
+fn decode_record<'a>(
+    key: &'a [u8],
+    value: Option<&'a [u8]>,
+    chunks: Option<u32>,
+) -> Result<LogOp<'a>, String> {
     let bad = || format!("malformed changelog record key ({} bytes)", key.len());
     let (&first, rest) = key.split_first().ok_or_else(bad)?;
+    if first == CHUNK_MARK {
+        if rest.len() < 5 || table_of(rest[0]).is_none() {
+            return Err(bad());
+        }
+        let index = u32::from_be_bytes(rest[1..5].try_into().map_err(|_| bad())?);
+        let mut owner = vec![rest[0]];
+        owner.extend_from_slice(&rest[5..]);
+        return Ok(LogOp::Chunk(owner, index, value));
+    }
     if first == RANGE_MARK {
         let (&t, rest) = rest.split_first().ok_or_else(bad)?;
         let table = table_of(t).ok_or_else(bad)?;
@@ -67,10 +100,20 @@ fn decode_record<'a>(key: &'a [u8], value: Option<&'a [u8]>) -> Result<LogOp<'a>
         return Ok(LogOp::DeleteRange(table, start, end));
     }
     let table = table_of(first).ok_or_else(bad)?;
-    Ok(match value {
-        Some(v) => LogOp::Put(table, rest, v),
-        None => LogOp::Delete(table, rest),
+    Ok(match (value, chunks) {
+        (Some(_), Some(n)) => LogOp::Chunked(table, rest, n),
+        (Some(v), None) => LogOp::Put(table, rest, v),
+        (None, _) => LogOp::Delete(table, rest),
     })
+}
+
+fn chunk_key(owner: &[u8], index: u32) -> Vec<u8> {
+    let mut key = Vec::with_capacity(5 + owner.len());
+    key.push(CHUNK_MARK);
+    key.push(owner[0]);
+    key.extend_from_slice(&index.to_be_bytes());
+    key.extend_from_slice(&owner[1..]);
+    key
 }
 
 fn range_key(table: Table, start: &[u8], end: &[u8]) -> Vec<u8> {
@@ -107,6 +150,8 @@ pub struct ChangelogReplica {
     task: String,
     producer: BaseProducer,
     reader_config: ClientConfig,
+    /// State keys (table byte ‖ key) whose value is chunked in the log, with their chunk count.
+    chunked: Mutex<BTreeMap<Vec<u8>, u32>>,
 }
 
 impl ChangelogReplica {
@@ -145,6 +190,7 @@ impl ChangelogReplica {
             task: task.to_string(),
             producer,
             reader_config,
+            chunked: Mutex::default(),
         })
     }
 
@@ -153,7 +199,7 @@ impl ChangelogReplica {
     fn read(
         &self,
         from_end: Option<i64>,
-        visit: &mut dyn FnMut(&[u8], Option<&[u8]>) -> Result<(), FleetError>,
+        visit: &mut dyn FnMut(&[u8], Option<&[u8]>, Option<u32>) -> Result<(), FleetError>,
     ) -> Result<(i64, i64), FleetError> {
         let consumer: BaseConsumer = self
             .reader_config
@@ -181,7 +227,14 @@ impl ChangelogReplica {
             match consumer.poll(Duration::from_millis(200)) {
                 Some(Ok(m)) => {
                     last_progress = Instant::now();
-                    visit(m.key().unwrap_or_default(), m.payload())?;
+                    let chunks = m.headers().and_then(|h| {
+                        h.iter()
+                            .find(|h| h.key == CHUNKS_HEADER)
+                            .and_then(|h| h.value)
+                            .and_then(|v| <[u8; 4]>::try_from(v).ok())
+                            .map(u32::from_be_bytes)
+                    });
+                    visit(m.key().unwrap_or_default(), m.payload(), chunks)?;
                     if m.offset() + 1 >= high {
                         break;
                     }
@@ -217,7 +270,7 @@ impl CheckpointReplica for ChangelogReplica {
         loop {
             let mut progress = Progress::default();
             let (mut seen_prepared, mut seen_committed) = (false, false);
-            let (start, low) = self.read(Some(tail), &mut |key, value| {
+            let (start, low) = self.read(Some(tail), &mut |key, value, _| {
                 if key == prepared_key.as_slice() {
                     progress.prepared = epoch_value(value);
                     seen_prepared = true;
@@ -243,11 +296,48 @@ impl CheckpointReplica for ChangelogReplica {
                 .write(std::mem::take(batch))
                 .map_err(|e| FleetError::Fatal(format!("restore into the local store: {e}")))
         };
-        self.read(None, &mut |key, value| {
-            match decode_record(key, value).map_err(FleetError::Fatal)? {
-                LogOp::Put(t, k, v) => batch.put(t, k, v),
-                LogOp::Delete(t, k) => batch.delete(t, k),
-                LogOp::DeleteRange(t, s, e) => batch.delete_range(t, s, e),
+        let mut pending: HashMap<Vec<u8>, Vec<Option<Vec<u8>>>> = HashMap::new();
+        let mut chunked = BTreeMap::new();
+        self.read(None, &mut |key, value, chunks| {
+            match decode_record(key, value, chunks).map_err(FleetError::Fatal)? {
+                LogOp::Put(t, k, v) => {
+                    chunked.remove(&state_key(t, k));
+                    batch.put(t, k, v)
+                }
+                LogOp::Delete(t, k) => {
+                    chunked.remove(&state_key(t, k));
+                    batch.delete(t, k)
+                }
+                LogOp::DeleteRange(t, s, e) => {
+                    let (lo, hi) = (state_key(t, s), state_key(t, e));
+                    chunked.retain(|k: &Vec<u8>, _| *k < lo || *k >= hi);
+                    batch.delete_range(t, s, e)
+                }
+                LogOp::Chunk(owner, index, data) => {
+                    let parts = pending.entry(owner).or_default();
+                    if parts.len() <= index as usize {
+                        parts.resize(index as usize + 1, None);
+                    }
+                    parts[index as usize] = data.map(<[u8]>::to_vec);
+                }
+                LogOp::Chunked(t, k, n) => {
+                    let owner = state_key(t, k);
+                    let parts = pending.remove(&owner).unwrap_or_default();
+                    let complete = parts.len() >= n as usize
+                        && parts[..n as usize].iter().all(Option::is_some);
+                    if complete {
+                        let value: Vec<u8> = parts[..n as usize]
+                            .iter()
+                            .flatten()
+                            .flatten()
+                            .copied()
+                            .collect();
+                        batch.put(t, k, value);
+                        chunked.insert(owner, n);
+                    }
+                    // Else compaction dropped a chunk that a later version rewrote; that
+                    // later version supersedes this one.
+                }
             }
             records += 1;
             if batch.ops.len() >= RESTORE_BATCH {
@@ -256,6 +346,7 @@ impl CheckpointReplica for ChangelogReplica {
             Ok(())
         })?;
         flush(&mut batch)?;
+        *self.chunked.lock().unwrap_or_else(|e| e.into_inner()) = chunked;
         tracing::info!(
             task = %self.task,
             records,
@@ -286,30 +377,87 @@ impl CheckpointReplica for ChangelogReplica {
 
 impl ChangelogReplica {
     fn produce_batch(&self, batch: &StateBatch) -> Result<(), FleetError> {
+        let mut chunked = self.chunked.lock().unwrap_or_else(|e| e.into_inner());
         for op in &batch.ops {
-            let (key, value): (Vec<u8>, Option<&[u8]>) = match op {
-                BatchOp::Put(t, k, v) => (state_key(*t, k), Some(v)),
-                BatchOp::Delete(t, k) => (state_key(*t, k), None),
-                BatchOp::DeleteRange(t, s, e) => (range_key(*t, s, e), Some(b"range")),
-            };
-            let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topic)
-                .partition(self.partition)
-                .key(&key);
-            if let Some(v) = value {
-                record = record.payload(v);
-            }
-            loop {
-                match self.producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        record = back;
-                        self.producer.poll(Duration::from_millis(10));
+            match op {
+                BatchOp::Put(t, k, v) => {
+                    let key = state_key(*t, k);
+                    let old = chunked.remove(&key).unwrap_or(0);
+                    if v.len() <= CHUNK_BYTES {
+                        self.drop_chunks(&key, 0, old)?;
+                        self.send(&key, Some(v), None)?;
+                    } else {
+                        let parts: Vec<&[u8]> = v.chunks(CHUNK_BYTES).collect();
+                        let n = parts.len() as u32;
+                        for (i, part) in parts.into_iter().enumerate() {
+                            self.send(&chunk_key(&key, i as u32), Some(part), None)?;
+                        }
+                        self.drop_chunks(&key, n, old)?;
+                        self.send(&key, Some(b"chunked"), Some(n))?;
+                        chunked.insert(key, n);
                     }
-                    Err((e, _)) => return Err(fleet_error("produce", &e)),
+                }
+                BatchOp::Delete(t, k) => {
+                    let key = state_key(*t, k);
+                    if let Some(old) = chunked.remove(&key) {
+                        self.drop_chunks(&key, 0, old)?;
+                    }
+                    self.send(&key, None, None)?;
+                }
+                BatchOp::DeleteRange(t, s, e) => {
+                    let (lo, hi) = (state_key(*t, s), state_key(*t, e));
+                    let gone: Vec<(Vec<u8>, u32)> = chunked
+                        .range(lo..hi)
+                        .map(|(k, n)| (k.clone(), *n))
+                        .collect();
+                    for (key, n) in gone {
+                        chunked.remove(&key);
+                        self.drop_chunks(&key, 0, n)?;
+                    }
+                    self.send(&range_key(*t, s, e), Some(b"range"), None)?;
                 }
             }
         }
         Ok(())
+    }
+
+    /// Tombstones chunks `from..to` of state key `key`.
+    fn drop_chunks(&self, key: &[u8], from: u32, to: u32) -> Result<(), FleetError> {
+        for i in from..to {
+            self.send(&chunk_key(key, i), None, None)?;
+        }
+        Ok(())
+    }
+
+    /// Produces one record to the task's partition, waiting while the local queue is full.
+    fn send(
+        &self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        chunks: Option<u32>,
+    ) -> Result<(), FleetError> {
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topic)
+            .partition(self.partition)
+            .key(key);
+        if let Some(v) = value {
+            record = record.payload(v);
+        }
+        if let Some(n) = chunks {
+            record = record.headers(OwnedHeaders::new().insert(Header {
+                key: CHUNKS_HEADER,
+                value: Some(&n.to_be_bytes()),
+            }));
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    self.producer.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => return Err(fleet_error("produce", &e)),
+            }
+        }
     }
 }
 
@@ -321,25 +469,34 @@ mod tests {
     fn records_decode_to_the_operations_they_encode() {
         let put = state_key(Table::Windows, b"k1");
         assert_eq!(
-            decode_record(&put, Some(b"v")),
+            decode_record(&put, Some(b"v"), None),
             Ok(LogOp::Put(Table::Windows, b"k1", b"v"))
         );
         assert_eq!(
-            decode_record(&put, None),
+            decode_record(&put, None, None),
             Ok(LogOp::Delete(Table::Windows, b"k1"))
         );
         let range = range_key(Table::Staged, b"\x00\x01", b"\x00\x09\xff");
         assert_eq!(
-            decode_record(&range, Some(b"range")),
+            decode_record(&range, Some(b"range"), None),
             Ok(LogOp::DeleteRange(
                 Table::Staged,
                 b"\x00\x01",
                 b"\x00\x09\xff"
             ))
         );
-        assert!(decode_record(&[], None).is_err());
-        assert!(decode_record(&[RANGE_MARK, 2, 0, 0, 0, 9, 1], Some(b"range")).is_err());
-        assert!(decode_record(&[200, 1], Some(b"v")).is_err());
+        assert!(decode_record(&[], None, None).is_err());
+        assert!(decode_record(&[RANGE_MARK, 2, 0, 0, 0, 9, 1], Some(b"range"), None).is_err());
+        let chunk = chunk_key(&put, 3);
+        assert_eq!(
+            decode_record(&chunk, Some(b"part"), None),
+            Ok(LogOp::Chunk(put.clone(), 3, Some(&b"part"[..])))
+        );
+        assert_eq!(
+            decode_record(&put, Some(b""), Some(4)),
+            Ok(LogOp::Chunked(Table::Windows, b"k1", 4))
+        );
+        assert!(decode_record(&[200, 1], Some(b"v"), None).is_err());
     }
 
     #[test]
