@@ -40,6 +40,13 @@ enum Command {
     Generate(commands::generate::GenerateArgs),
     /// Run the benchmark workloads end to end and print throughput, latency and memory.
     Bench(commands::bench::BenchArgs),
+    /// Publish generated events to a Kafka topic (JSON or Confluent-framed Avro), keyed by
+    /// user, with the event time as the message timestamp.
+    #[cfg(feature = "kafka")]
+    Produce(commands::produce::ProduceArgs),
+    /// Measure Weir's Redis and MongoDB connectors against plain clients of the same servers,
+    /// in one run (rates and ratios).
+    BenchIo(commands::bench_io::BenchIoArgs),
     /// Print the JSON Schema of topology.yaml.
     Schema,
 }
@@ -52,6 +59,9 @@ fn main() -> ExitCode {
         Command::Validate { file } => commands::validate::validate(&file),
         Command::Generate(args) => commands::generate::generate(args),
         Command::Bench(args) => commands::bench::bench(args),
+        #[cfg(feature = "kafka")]
+        Command::Produce(args) => commands::produce::produce(args),
+        Command::BenchIo(args) => commands::bench_io::bench_io(args),
         Command::Schema => {
             let schema = weir_engine::topology::json_schema();
             println!(

@@ -25,6 +25,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use weir_connectors::generator::{GeneratorConfig, Shape};
+use weir_connectors::kafka::block_on;
 use weir_engine::oracle::{self, ResultMap};
 
 const PARTITIONS: usize = 6;
@@ -40,6 +41,8 @@ sources:
     end_at_tail: true
     event_time: {field: timestamp, format: rfc3339}
     watermark: {max_out_of_orderness: 2s}
+    dead_letter: rejects
+    settings: {debug: "cgrp"}
 fleet: {type: kafka, session_timeout_ms: 6000}
 pipelines:
   spend:
@@ -50,8 +53,11 @@ pipelines:
       - {name: events, fn: count}
       - {name: spend, fn: sum, field: value}
     sinks: [results]
+    late_output: late
 sinks:
   results: {type: kafka, brokers: "@KAFKA@", topic: "@P@-results", create_partitions: 3}
+  rejects: {type: kafka, brokers: "@KAFKA@", topic: "@P@-rejects", create_partitions: 1}
+  late: {type: kafka, brokers: "@KAFKA@", topic: "@P@-late", create_partitions: 1}
 state: {dir: "@DIR@/state"}
 checkpoint: {interval: 200ms}
 "#;
@@ -69,26 +75,6 @@ fn client() -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", kafka());
     c
-}
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    use std::sync::Arc;
-    use std::task::{Context, Poll, Wake, Waker};
-    struct W(std::thread::Thread);
-    impl Wake for W {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(W(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut f = std::pin::pin!(f);
-    loop {
-        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::park_timeout(Duration::from_millis(20));
-    }
 }
 
 /// The producer's partition of a user: FNV-1a of the id, modulo the partition count.

@@ -287,9 +287,9 @@ fn redis_differences(url: &str, prefix: &str, want: &Expectation) -> Vec<String>
     diffs
 }
 
-fn mongo_differences(db: &str, want: &Expectation) -> Vec<String> {
+fn mongo_differences(uri: &str, db: &str, want: &Expectation) -> Vec<String> {
     use mongodb::bson::{doc, Document};
-    let client = mongodb::sync::Client::with_uri_str(mongodb_uri()).unwrap();
+    let client = mongodb::sync::Client::with_uri_str(uri).unwrap();
     let database = client.database(db);
     let mut diffs = Vec::new();
     let spend = database.collection::<Document>("spend");
@@ -350,7 +350,7 @@ fn sharded_firehose_into_redis_and_mongodb_survives_kill_9() {
         "Redis differs from the oracle:\n{}",
         diffs.join("\n")
     );
-    let diffs = mongo_differences(&p.replace(':', "_"), &want);
+    let diffs = mongo_differences(&mongodb_uri(), &p.replace(':', "_"), &want);
     assert!(
         diffs.is_empty(),
         "MongoDB differs from the oracle:\n{}",
@@ -405,7 +405,7 @@ fn two_workers_share_the_shards_and_survive_losing_one() {
         "Redis differs from the oracle:\n{}",
         diffs.join("\n")
     );
-    let diffs = mongo_differences(&p.replace(':', "_"), &want);
+    let diffs = mongo_differences(&mongodb_uri(), &p.replace(':', "_"), &want);
     assert!(
         diffs.is_empty(),
         "MongoDB differs from the oracle:\n{}",
@@ -484,5 +484,102 @@ fn redis_stopped_and_restarted_mid_run_loses_nothing() {
         diffs.is_empty(),
         "Redis differs from the oracle:\n{}",
         diffs.join("\n")
+    );
+}
+
+/// A secantusd-rs (MongoDB-wire server) of this test's own, so it can be stopped and started
+/// again on one port and storage path.
+struct OwnMongo {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: std::process::Child,
+}
+
+impl OwnMongo {
+    fn start(dir: tempfile::TempDir, port: u16) -> OwnMongo {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("server.log"))
+            .unwrap();
+        let child = std::process::Command::new("secantusd-rs")
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--storage-path", &dir.path().join("data").display().to_string()])
+            .args(["--cache-size", "256M"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("secantusd-rs on PATH (scripts/services.sh installs it)");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "secantusd-rs did not start; see {}",
+                dir.path().join("server.log").display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        OwnMongo { dir, port, child }
+    }
+
+    fn uri(&self) -> String {
+        format!("mongodb://127.0.0.1:{}/?directConnection=true", self.port)
+    }
+
+    /// SIGTERM: the server shuts down cleanly.
+    fn stop(mut self) -> (tempfile::TempDir, u16) {
+        // SAFETY: signalling our own child process by its PID.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let _ = self.child.wait();
+        (self.dir, self.port)
+    }
+}
+
+#[test]
+fn mongodb_stopped_and_restarted_mid_run_loses_nothing() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = OwnMongo::start(tempfile::tempdir().unwrap(), port);
+    let uri = server.uri();
+    let root = tempfile::tempdir().unwrap();
+    let p = prefix("mongorestart");
+    let inputs = produce(&redis_url(), root.path(), &p, 200_000);
+    let (file, text) = write_topology(root.path(), &p, "");
+    fs::write(&file, text.replace(&mongodb_uri(), &uri)).unwrap();
+    let want = expectation(&text, &inputs);
+
+    let mut job = spawn_run(&file, &[]);
+    std::thread::sleep(Duration::from_millis(2_000));
+    assert!(
+        job.try_wait().unwrap().is_none(),
+        "the job ended before MongoDB was stopped: the test proves nothing"
+    );
+    let (dir, port) = server.stop();
+    std::thread::sleep(Duration::from_millis(3_000));
+    let server = OwnMongo::start(dir, port);
+    let status = job.wait().unwrap();
+    assert!(
+        status.success(),
+        "weir run failed after the MongoDB restart: {status}\n{}",
+        run_log_tail(&file, 4000)
+    );
+
+    let mongo = mongo_differences(&uri, &p.replace(':', "_"), &want);
+    drop(server.stop());
+    let redis = redis_differences(&redis_url(), &p, &want);
+    assert!(
+        mongo.is_empty(),
+        "MongoDB differs from the oracle:\n{}",
+        mongo.join("\n")
+    );
+    assert!(
+        redis.is_empty(),
+        "Redis differs from the oracle:\n{}",
+        redis.join("\n")
     );
 }

@@ -15,7 +15,9 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use weir_connectors::kafka::source::open_kafka_source;
-use weir_connectors::kafka::{ChangelogReplica, KafkaSink, KafkaSinkConfig, KafkaSourceConfig};
+use weir_connectors::kafka::{
+    block_on, ChangelogReplica, KafkaSink, KafkaSinkConfig, KafkaSourceConfig,
+};
 use weir_engine::checkpoint::{read_progress, write_committed, write_prepared, Progress};
 use weir_engine::event::{EventRecord, FieldSlots, Output, Value};
 use weir_engine::runtime::fleet::{CheckpointReplica, FleetError};
@@ -54,7 +56,7 @@ fn create_topic(topic: &str, partitions: i32) {
     let admin: AdminClient<_> = client().create().unwrap();
     let topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
     let fut = admin.create_topics([&topic], &AdminOptions::new());
-    let result = futures_block_on(fut).unwrap();
+    let result = block_on(fut).unwrap();
     assert!(result.iter().all(Result::is_ok), "{result:?}");
     let consumer: BaseConsumer = client().create().unwrap();
     for _ in 0..100 {
@@ -71,25 +73,6 @@ fn create_topic(topic: &str, partitions: i32) {
         std::thread::sleep(Duration::from_millis(50));
     }
     panic!("topic {} did not appear", topic.name);
-}
-
-fn futures_block_on<F: std::future::Future>(f: F) -> F::Output {
-    use std::task::{Context, Poll, Wake, Waker};
-    struct W(std::thread::Thread);
-    impl Wake for W {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(W(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut f = std::pin::pin!(f);
-    loop {
-        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::park_timeout(Duration::from_millis(20));
-    }
 }
 
 fn produce(topic: &str, records: &[(i32, Option<&str>, &str)]) {

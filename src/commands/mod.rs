@@ -1,7 +1,10 @@
 //! The `weir` subcommands.
 
 pub mod bench;
+pub mod bench_io;
 pub mod generate;
+#[cfg(feature = "kafka")]
+pub mod produce;
 pub mod run;
 pub mod validate;
 

@@ -86,8 +86,8 @@ pub(crate) fn is_fenced(e: &KafkaError) -> bool {
 }
 
 /// Runs `future` to completion on this thread. rdkafka's admin futures are driven by
-/// rdkafka's own threads; they only need a waker.
-pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
+/// rdkafka's own threads; they only need a waker (no async runtime).
+pub fn block_on<F: Future>(future: F) -> F::Output {
     struct ThreadWaker(std::thread::Thread);
     impl Wake for ThreadWaker {
         fn wake(self: Arc<Self>) {

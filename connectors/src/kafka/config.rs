@@ -216,6 +216,15 @@ pub struct KafkaFleetConfig {
     /// How long the group waits for a silent worker before moving its partitions (ms).
     #[serde(default = "default_session_timeout_ms")]
     pub session_timeout_ms: u64,
+    /// How long a rebalance may take (librdkafka `max.poll.interval.ms`, ms). Revoked tasks get
+    /// half of it for their last checkpoint. Some brokers wait this long for a dead member
+    /// during a rebalance, so it is kept well below librdkafka's 5-minute default.
+    #[serde(default = "default_rebalance_timeout_ms")]
+    pub rebalance_timeout_ms: u64,
+}
+
+fn default_rebalance_timeout_ms() -> u64 {
+    30_000
 }
 
 fn default_session_timeout_ms() -> u64 {
@@ -226,6 +235,7 @@ impl Default for KafkaFleetConfig {
     fn default() -> Self {
         KafkaFleetConfig {
             session_timeout_ms: default_session_timeout_ms(),
+            rebalance_timeout_ms: default_rebalance_timeout_ms(),
         }
     }
 }

@@ -25,9 +25,6 @@ use super::config::{KafkaFleetConfig, KafkaSourceConfig};
 use super::offsets::{self, PendingOffsets};
 use super::source::task_partitions;
 
-/// How long a revoke waits for a task's last checkpoint before giving the partition up.
-const REVOKE_WAIT: Duration = Duration::from_secs(60);
-
 /// What the group member's callbacks share with the backend.
 #[derive(Default)]
 struct Shared {
@@ -44,6 +41,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The member's rebalance callbacks.
 struct MemberContext {
     shared: Arc<Shared>,
+    /// How long a revoke waits for a task's last checkpoint before giving the partition up.
+    revoke_wait: Duration,
 }
 
 impl ClientContext for MemberContext {}
@@ -79,7 +78,7 @@ impl ConsumerContext for MemberContext {
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
         for ((topic, partition), control) in controls {
-            if control.stop_and_wait(REVOKE_WAIT) {
+            if control.stop_and_wait(self.revoke_wait) {
                 tracing::info!(%topic, partition, "partition revoked; its task checkpointed and stopped");
             } else {
                 tracing::warn!(%topic, partition, "partition revoked; its task did not stop in time (its writes are fenced by the next owner)");
@@ -146,6 +145,13 @@ impl KafkaFleet {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("session.timeout.ms", config.session_timeout_ms.to_string())
+            .set(
+                "max.poll.interval.ms",
+                config
+                    .rebalance_timeout_ms
+                    .max(config.session_timeout_ms)
+                    .to_string(),
+            )
             .set_default(
                 "heartbeat.interval.ms",
                 (config.session_timeout_ms / 4).max(100).to_string(),
@@ -153,6 +159,7 @@ impl KafkaFleet {
         let member: BaseConsumer<MemberContext> = member_config
             .create_with_context(MemberContext {
                 shared: shared.clone(),
+                revoke_wait: Duration::from_millis(config.rebalance_timeout_ms / 2),
             })
             .map_err(|e| FleetError::Fatal(format!("group member: {e}")))?;
         let topics: Vec<&str> = source.topics.iter().map(String::as_str).collect();

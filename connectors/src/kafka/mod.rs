@@ -12,6 +12,7 @@ pub mod sink;
 pub mod source;
 
 pub use changelog::ChangelogReplica;
+pub use client::block_on;
 pub use config::{KafkaFleetConfig, KafkaSinkConfig, KafkaSourceConfig};
 pub use fleet::KafkaFleet;
 pub use sink::KafkaSink;

@@ -50,6 +50,10 @@ pub use config::{
 };
 pub use sink::MongoSink;
 
+/// The `mongodb` driver crate this sink is built on, for tools of the `weir` binary that talk
+/// to MongoDB directly (the `bench-io` baselines) with the same version and features.
+pub use ::mongodb as driver;
+
 use mongodb::error::{
     ErrorKind, WriteFailure, RETRYABLE_ERROR, RETRYABLE_WRITE_ERROR, SYSTEM_OVERLOADED_ERROR,
     TRANSIENT_TRANSACTION_ERROR,

@@ -7,12 +7,16 @@
 //! nothing (see `weir_engine::runtime::Sink`).
 
 pub mod fleet;
+mod resp;
 pub mod sink;
 pub mod slot;
 pub mod source;
 
 use std::time::Duration;
 
+/// The `redis` client crate these connectors are built on, for tools of the `weir` binary that
+/// talk to Redis directly (the `bench-io` baselines) with the same version and features.
+pub use ::redis as client;
 use redis::IntoConnectionInfo;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -48,6 +52,11 @@ impl RedisEndpoint {
 
     /// The client for this endpoint (no connection is made yet).
     pub fn client(&self) -> redis::RedisResult<redis::Client> {
+        redis::Client::open(self.connection_info()?)
+    }
+
+    /// The URL with `username` and `password` applied.
+    fn connection_info(&self) -> redis::RedisResult<redis::ConnectionInfo> {
         let mut info: redis::ConnectionInfo = self.url.as_str().into_connection_info()?;
         if let Some(user) = &self.username {
             info.redis.username = Some(user.clone());
@@ -55,7 +64,13 @@ impl RedisEndpoint {
         if let Some(password) = &self.password {
             info.redis.password = Some(password.clone());
         }
-        redis::Client::open(info)
+        Ok(info)
+    }
+
+    /// A lean connection for the source's reads (see `resp.rs`); `None` for TLS and
+    /// Unix-socket endpoints.
+    fn connect_raw(&self) -> redis::RedisResult<Option<resp::RawConnection>> {
+        resp::RawConnection::open(&self.connection_info()?, IO_TIMEOUT)
     }
 
     /// Opens a synchronous connection with connect and I/O timeouts set, so a dead server

@@ -50,6 +50,7 @@ use weir_engine::runtime::{
 };
 use weir_engine::topology::ConfigIssue;
 
+use super::resp::{self, Cursor, Item, RawConnection};
 use super::{is_retryable, source_error, RedisEndpoint};
 
 /// The longest `block_ms` allowed: a poll must return in about 100 ms so the source task can
@@ -604,6 +605,9 @@ struct StreamPartition {
     end_at_tail: bool,
     decoder: EntryDecoder,
     conn: Option<redis::Connection>,
+    /// The lean connection `XREADGROUP` goes through on plain TCP endpoints (see `resp.rs`);
+    /// opened and dropped together with `conn`.
+    raw: Option<RawConnection>,
     mode: Mode,
     /// The id of the last entry returned.
     last: Option<StreamId>,
@@ -706,6 +710,80 @@ fn parse_read_reply(v: Value) -> Result<Vec<Entry>, SourceError> {
     Ok(entries)
 }
 
+/// A reply of another shape than expected, as an error.
+fn unexpected_item(what: &str, item: Item<'_>) -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::ParseError,
+        "unexpected reply from Redis",
+        format!("{what}: {item:?}"),
+    ))
+}
+
+/// The bytes of a string-like reply value.
+fn item_bytes(what: &str, item: Item<'_>) -> redis::RedisResult<Vec<u8>> {
+    match item {
+        Item::Bulk(Some(b)) | Item::Status(b) => Ok(b.to_vec()),
+        Item::Int(i) => Ok(i.to_string().into_bytes()),
+        other => Err(unexpected_item(what, other)),
+    }
+}
+
+/// Parses an `XREADGROUP` reply read through the lean connection (RESP2: an array of
+/// `[key, entries]`, or null when nothing came); an error reply becomes its `redis` error.
+fn parse_raw_read_reply(reply: &mut Cursor<'_>) -> redis::RedisResult<Vec<Entry>> {
+    let streams = match reply.next()? {
+        Item::Error(line) => return Err(resp::server_error(line)),
+        Item::Array(None) | Item::Bulk(None) => return Ok(Vec::new()),
+        Item::Array(Some(n)) => n,
+        other => return Err(unexpected_item("XREADGROUP", other)),
+    };
+    let mut entries = Vec::new();
+    for _ in 0..streams {
+        match reply.next()? {
+            Item::Array(Some(2)) => {}
+            other => return Err(unexpected_item("XREADGROUP stream", other)),
+        }
+        item_bytes("stream key", reply.next()?)?;
+        let count = match reply.next()? {
+            Item::Array(Some(n)) => n,
+            Item::Array(None) => 0,
+            other => return Err(unexpected_item("stream entries", other)),
+        };
+        entries.reserve(count);
+        for _ in 0..count {
+            match reply.next()? {
+                Item::Array(Some(2)) => {}
+                other => return Err(unexpected_item("stream entry", other)),
+            }
+            let id = match reply.next()? {
+                Item::Bulk(Some(b)) => StreamId::parse(b)
+                    .ok_or_else(|| unexpected_item("entry id", Item::Bulk(Some(b))))?,
+                other => return Err(unexpected_item("entry id", other)),
+            };
+            let fields = match reply.next()? {
+                Item::Array(None) | Item::Bulk(None) => None,
+                Item::Array(Some(n)) => {
+                    let mut pairs = Vec::with_capacity(n / 2);
+                    for _ in 0..n / 2 {
+                        let name = item_bytes("entry field", reply.next()?)?;
+                        let value = item_bytes("entry field", reply.next()?)?;
+                        pairs.push((name, value));
+                    }
+                    if n % 2 == 1 {
+                        // A name without a value cannot come from Redis; skipped like the
+                        // `redis` crate path does.
+                        item_bytes("entry field", reply.next()?)?;
+                    }
+                    Some(pairs)
+                }
+                other => return Err(unexpected_item("entry fields", other)),
+            };
+            entries.push(Entry { id, fields });
+        }
+    }
+    Ok(entries)
+}
+
 /// Whether `e` says the consumer group (or its stream) does not exist.
 fn is_nogroup(e: &redis::RedisError) -> bool {
     e.code() == Some("NOGROUP")
@@ -736,6 +814,7 @@ impl StreamPartition {
             end_at_tail: config.end_at_tail,
             decoder: EntryDecoder::new(config, ctx),
             conn: None,
+            raw: None,
             // Nothing is known to be committed: a previous run's unfinished entries come first.
             mode: Mode::Pending {
                 cursor: StreamId::ZERO,
@@ -754,6 +833,7 @@ impl StreamPartition {
     fn fail(&mut self, what: &str, e: &redis::RedisError) -> SourceError {
         if is_retryable(e) {
             self.conn = None;
+            self.raw = None;
             if self.mode == Mode::Live {
                 self.mode = Mode::Pending {
                     // Shared mode re-reads all of it: claimed entries may sit below `last`.
@@ -815,9 +895,16 @@ impl StreamPartition {
             .connect()
             .map_err(|e| source_error(&format!("{}: cannot connect", self.id), &e))?;
         self.conn = Some(conn);
-        let created = self.create_group();
+        let created = self.create_group().and_then(|()| {
+            self.raw = self
+                .endpoint
+                .connect_raw()
+                .map_err(|e| source_error(&format!("{}: cannot connect", self.id), &e))?;
+            Ok(())
+        });
         if created.is_err() {
             self.conn = None;
+            self.raw = None;
         }
         created
     }
@@ -849,6 +936,33 @@ impl StreamPartition {
         count: usize,
         block: bool,
     ) -> Result<Option<Vec<Entry>>, SourceError> {
+        if let Some(raw) = self.raw.as_mut() {
+            let count = count.to_string();
+            let block_ms = self.block_ms.to_string();
+            let mut args: Vec<&[u8]> = vec![
+                b"XREADGROUP",
+                b"GROUP",
+                self.group.as_bytes(),
+                self.consumer.as_bytes(),
+                b"COUNT",
+                count.as_bytes(),
+            ];
+            if block {
+                args.extend([&b"BLOCK"[..], block_ms.as_bytes()]);
+            }
+            args.extend([&b"STREAMS"[..], self.key.as_bytes(), from.as_bytes()]);
+            let read = raw
+                .request(&args)
+                .and_then(|mut reply| parse_raw_read_reply(&mut reply));
+            return match read {
+                Ok(entries) => Ok(Some(entries)),
+                Err(e) if is_nogroup(&e) => {
+                    self.recreate_group()?;
+                    Ok(None)
+                }
+                Err(e) => Err(self.fail("XREADGROUP failed", &e)),
+            };
+        }
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(&self.group)
@@ -1363,5 +1477,32 @@ mod tests {
         }
         assert!(parse_read_reply(Value::Nil).unwrap().is_empty());
         assert!(parse_read_reply(Value::Int(3)).is_err());
+    }
+
+    /// The whole reply `bytes` through the lean connection's parser.
+    fn raw_reply(bytes: &[u8]) -> redis::RedisResult<Vec<Entry>> {
+        let mut cursor = Cursor::over(bytes);
+        parse_raw_read_reply(&mut cursor)
+    }
+
+    #[test]
+    fn raw_read_replies_parse_entries_nils_and_errors() {
+        let got = raw_reply(
+            b"*1\r\n*2\r\n$1\r\ns\r\n*2\r\n*2\r\n$3\r\n1-0\r\n*2\r\n$1\r\nf\r\n$1\r\nv\r\n\
+              *2\r\n$3\r\n2-5\r\n*-1\r\n",
+        )
+        .unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].id, StreamId { ms: 1, seq: 0 });
+        assert_eq!(got[0].fields, Some(vec![(b"f".to_vec(), b"v".to_vec())]));
+        assert_eq!(got[1].id, StreamId { ms: 2, seq: 5 });
+        assert_eq!(got[1].fields, None);
+        // Nothing new: null (BLOCK timed out) or an empty entry list.
+        assert!(raw_reply(b"*-1\r\n").unwrap().is_empty());
+        assert!(raw_reply(b"*1\r\n*2\r\n$1\r\ns\r\n*0\r\n").unwrap().is_empty());
+        let nogroup = raw_reply(b"-NOGROUP No such key 's' or consumer group 'g'\r\n").unwrap_err();
+        assert!(is_nogroup(&nogroup));
+        assert!(raw_reply(b":3\r\n").is_err());
+        assert!(raw_reply(b"*1\r\n*2\r\n$1\r\ns\r\n*1\r\n*2\r\n$2\r\nxx\r\n*-1\r\n").is_err());
     }
 }

@@ -523,11 +523,13 @@ fn decimal_text() {
     assert_eq!(d(&[0x04, 0xd2], 2), s("12.34"));
     assert_eq!(d(&[0x04, 0xd2], 6), s("0.001234"));
     assert_eq!(d(&[0xfb, 0x2e], 2), s("-12.34"));
-    assert_eq!(d(&[], 2), s("0"));
+    assert_eq!(d(&[], 2), s("0.00"));
     let Value::Float(big) = d(&[1; 20], 0) else {
         panic!("a 20-byte decimal is a float")
     };
-    assert!(big > 1e47);
+    let want = (0..20).fold(0.0, |x: f64, _| x * 256.0 + 1.0);
+    assert!((big / want - 1.0).abs() < 1e-12, "{big}");
+    assert_eq!(d(&[0xff; 20], 1), Value::Float(-0.1));
 }
 
 #[test]
