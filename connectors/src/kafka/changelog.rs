@@ -154,6 +154,11 @@ pub struct ChangelogReplica {
     chunked: Mutex<BTreeMap<Vec<u8>, u32>>,
 }
 
+/// Called with each changelog record's key, value (`None`: a tombstone) and chunk count (the
+/// `weir.chunks` header).
+type RecordVisitor<'a> =
+    dyn FnMut(&[u8], Option<&[u8]>, Option<u32>) -> Result<(), FleetError> + 'a;
+
 impl ChangelogReplica {
     /// Opens the replica, fencing any earlier owner of the task (their open batch is aborted).
     pub fn open(
@@ -199,7 +204,7 @@ impl ChangelogReplica {
     fn read(
         &self,
         from_end: Option<i64>,
-        visit: &mut dyn FnMut(&[u8], Option<&[u8]>, Option<u32>) -> Result<(), FleetError>,
+        visit: &mut RecordVisitor<'_>,
     ) -> Result<(i64, i64), FleetError> {
         let consumer: BaseConsumer = self
             .reader_config

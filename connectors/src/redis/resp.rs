@@ -132,7 +132,8 @@ impl RawConnection {
                 break end;
             }
             if self.buf.len() - self.filled < READ_CHUNK {
-                self.buf.resize(self.filled + READ_CHUNK.max(self.filled), 0);
+                self.buf
+                    .resize(self.filled + READ_CHUNK.max(self.filled), 0);
             }
             let n = self.stream.read(&mut self.buf[self.filled..])?;
             if n == 0 {
@@ -156,11 +157,7 @@ impl RawConnection {
 }
 
 fn protocol(message: String) -> RedisError {
-    RedisError::from((
-        ErrorKind::ParseError,
-        "invalid reply from Redis",
-        message,
-    ))
+    RedisError::from((ErrorKind::ParseError, "invalid reply from Redis", message))
 }
 
 /// The `redis` crate's error for an error reply line (`NOGROUP …`, `LOADING …`), so codes
@@ -306,8 +303,8 @@ impl<'a> Cursor<'a> {
     /// [`Scanner`] checked the framing, so that means a reply of another shape than expected).
     pub(crate) fn next(&mut self) -> RedisResult<Item<'a>> {
         let buf = self.buf;
-        let line_end = find_crlf(buf, self.pos)
-            .ok_or_else(|| protocol("the reply ended early".into()))?;
+        let line_end =
+            find_crlf(buf, self.pos).ok_or_else(|| protocol("the reply ended early".into()))?;
         let kind = buf[self.pos];
         let header = &buf[self.pos + 1..line_end];
         self.pos = line_end + 2;

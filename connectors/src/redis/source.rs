@@ -1499,7 +1499,9 @@ mod tests {
         assert_eq!(got[1].fields, None);
         // Nothing new: null (BLOCK timed out) or an empty entry list.
         assert!(raw_reply(b"*-1\r\n").unwrap().is_empty());
-        assert!(raw_reply(b"*1\r\n*2\r\n$1\r\ns\r\n*0\r\n").unwrap().is_empty());
+        assert!(raw_reply(b"*1\r\n*2\r\n$1\r\ns\r\n*0\r\n")
+            .unwrap()
+            .is_empty());
         let nogroup = raw_reply(b"-NOGROUP No such key 's' or consumer group 'g'\r\n").unwrap_err();
         assert!(is_nogroup(&nogroup));
         assert!(raw_reply(b":3\r\n").is_err());

@@ -241,24 +241,58 @@ fn now_us() -> i64 {
         .map_or(0, |d| d.as_micros() as i64)
 }
 
-/// Reads partitions `0..partitions` of `topic` from the beginning to the end they have now,
-/// counting messages; returns the count and the wall time (consumer creation included).
+/// Reads partitions `0..partitions` of `topic` with one consumer from the beginning to the
+/// end they have now, counting messages; returns the count and the wall time (consumer
+/// creation included).
 fn read_to_end(
     config: &ClientConfig,
     topic: &str,
     partitions: u32,
 ) -> anyhow::Result<(u64, Duration)> {
+    let all: Vec<i32> = (0..partitions as i32).collect();
+    read_partitions(config, topic, &all)
+}
+
+/// Like [`read_to_end`], with one consumer (and thread) per partition, as Weir's source
+/// reads; the time is until the last one is done.
+fn read_to_end_in_parallel(
+    config: &ClientConfig,
+    topic: &str,
+    partitions: u32,
+) -> anyhow::Result<(u64, Duration)> {
+    let started = Instant::now();
+    let counts = std::thread::scope(|scope| {
+        let readers: Vec<_> = (0..partitions as i32)
+            .map(|p| scope.spawn(move || read_partitions(config, topic, &[p])))
+            .collect();
+        readers
+            .into_iter()
+            .map(|r| {
+                r.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a consumer thread panicked")))
+            })
+            .collect::<anyhow::Result<Vec<(u64, Duration)>>>()
+    })?;
+    Ok((counts.iter().map(|(n, _)| n).sum(), started.elapsed()))
+}
+
+/// Reads `partitions` of `topic` with one consumer to the end they have now.
+fn read_partitions(
+    config: &ClientConfig,
+    topic: &str,
+    partitions: &[i32],
+) -> anyhow::Result<(u64, Duration)> {
     let started = Instant::now();
     let consumer: BaseConsumer = config.create()?;
     let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions as i32 {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    for p in partitions {
+        tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
     }
     consumer.assign(&tpl)?;
     let mut ended = BTreeSet::new();
     let mut read = 0u64;
     let mut last_progress = Instant::now();
-    while ended.len() < partitions as usize {
+    while ended.len() < partitions.len() {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(_)) => {
                 read += 1;
@@ -355,14 +389,29 @@ fn source_section(
     topics.create(&input, partitions, false)?;
     fill_input(brokers, &input, partitions, args.events, args.keys)?;
 
-    eprintln!("  kafka-source: plain consumer ...");
     let mut plain = client(brokers);
     plain
         .set("group.id", format!("weir-bench-{}-plain", names.id))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true");
-    let (read, plain_time) = read_to_end(&plain, &input, partitions)?;
+    eprintln!("  kafka-source: plain consumer ...");
+    let (read, one_time) = read_to_end(&plain, &input, partitions)?;
     check_count("the plain consumer", read, args.events)?;
+    eprintln!("  kafka-source: plain consumers, one per partition ...");
+    let (read_each, each_time) = read_to_end_in_parallel(&plain, &input, partitions)?;
+    check_count("the plain consumers", read_each, args.events)?;
+    // The faster way of reading is the baseline: Weir must not look good against a slow one.
+    let (baseline, plain_time) = if one_time <= each_time {
+        (
+            format!("plain consumer, {partitions} partitions, count only"),
+            one_time,
+        )
+    } else {
+        (
+            format!("{partitions} plain consumers (1 per partition), count only"),
+            each_time,
+        )
+    };
 
     eprintln!("  kafka-source: Weir ...");
     let job = format!("bench-io-{}-kafka", names.id);
@@ -390,7 +439,7 @@ fn source_section(
     )?;
     Ok(Measurement {
         section: KafkaSection::Source.name(),
-        baseline: format!("plain consumer, {partitions} partitions, count only"),
+        baseline,
         weir: "Weir: tumbling 1m count+sum per key -> kafka (transactional), exactly once, \
                checkpoint 1 s"
             .into(),
@@ -399,10 +448,11 @@ fn source_section(
         weir_per_s: metrics.events_in as f64 / weir_time.as_secs_f64(),
         floor: Some(SOURCE_FLOOR),
         detail: format!(
-            "{} events in {:.2} s vs {:.2} s, {} window results (all read back committed), \
-             {} epochs",
+            "{} events; plain: 1 consumer {:.2} s, 1 per partition {:.2} s; Weir {:.2} s; {} \
+             window results (all read back committed), {} epochs",
             metrics.events_in,
-            plain_time.as_secs_f64(),
+            one_time.as_secs_f64(),
+            each_time.as_secs_f64(),
             weir_time.as_secs_f64(),
             metrics.results_out,
             metrics.epochs_committed

@@ -63,7 +63,12 @@ fn plain_document(output: &Output) -> Document {
         return Document::new();
     };
     let mut meta = Document::new();
-    for (name, value) in r.schema.key_fields.iter().zip(r.key.values().unwrap_or_default()) {
+    for (name, value) in r
+        .schema
+        .key_fields
+        .iter()
+        .zip(r.key.values().unwrap_or_default())
+    {
         if let Value::Str(s) = value {
             meta.insert(name.as_str(), s.as_str());
         }

@@ -66,9 +66,8 @@ pub(super) fn run(
         }
         Ok(())
     })();
-    let cleanup = delete_matching(&mut conn, &format!("{ns}:*")).and_then(|()| {
-        delete_matching(&mut conn, &format!("weir-fence:bench-io-{}-*", names.id))
-    });
+    let cleanup = delete_matching(&mut conn, &format!("{ns}:*"))
+        .and_then(|()| delete_matching(&mut conn, &format!("weir-fence:bench-io-{}-*", names.id)));
     result?;
     cleanup.context("cannot delete the benchmark's keys")?;
     Ok(out)
@@ -108,7 +107,10 @@ fn fill(conn: &mut redis::Connection, ns: &str, args: &BenchIoArgs) -> anyhow::R
     }
     let stream = format!("{ns}:events");
     let keys: Vec<String> = (0..shards).map(|i| format!("{stream}:{{{i}}}")).collect();
-    eprintln!("  filling {} shards with {} events ...", shards, args.events);
+    eprintln!(
+        "  filling {} shards with {} events ...",
+        shards, args.events
+    );
     let started = Instant::now();
     for (key, lines) in keys.iter().zip(&per_shard) {
         for chunk in lines.chunks(FILL_CHUNK) {
@@ -198,7 +200,10 @@ fn consume_all(
             .collect();
         workers
             .into_iter()
-            .map(|w| w.join().unwrap_or_else(|_| bail!("a consumer thread panicked")))
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| bail!("a consumer thread panicked"))
+            })
             .collect::<anyhow::Result<Vec<u64>>>()
     })?;
     Ok((counts.iter().sum(), started.elapsed()))
