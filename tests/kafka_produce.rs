@@ -56,7 +56,10 @@ fn produce_ok(topic: &str, format: &str) {
     let keys = KEYS.to_string();
     let partitions = PARTITIONS.to_string();
     let broker = kafka();
+    let start = start_time();
     let out = weir_produce(&[
+        "--start-time",
+        &start,
         "--brokers",
         &broker,
         "--topic",
@@ -142,12 +145,25 @@ fn check_keys(messages: &[OwnedMessage]) {
     assert!(partition_of.len() as u64 <= KEYS);
 }
 
-/// The lines `weir produce` publishes by default for this key count.
+/// The event time of the first event every test here produces: an hour ago, so the broker's
+/// time-based retention keeps the records; fixed for the test run.
+fn start_time() -> String {
+    static START: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    START
+        .get_or_init(|| {
+            (chrono::Utc::now() - chrono::Duration::hours(1))
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        })
+        .clone()
+}
+
+/// The lines `weir produce` publishes for this key count and start time.
 fn generated_lines() -> Vec<String> {
     let config = GeneratorConfig {
         shape: Shape::Activity,
         count: Some(EVENTS as u64),
         keys: KEYS,
+        start_time: Some(start_time()),
         ..GeneratorConfig::default()
     };
     let mut out = Vec::new();
