@@ -21,6 +21,7 @@ use weir_engine::runtime::{
     SourcePartition,
 };
 
+use weir_engine::runtime::exchange::{Exchange, ExchangeRequest};
 use weir_engine::runtime::fleet::FleetBackend;
 use weir_engine::runtime::JobError;
 use weir_engine::topology::{
@@ -123,6 +124,10 @@ impl Registry {
 }
 
 impl ConnectorCatalog for Registry {
+    fn supports_repartition(&self, source_type: &str) -> bool {
+        cfg!(feature = "kafka") && source_type == "kafka"
+    }
+
     fn check_fleet(&self, spec: &FleetSpec) -> Vec<ConfigIssue> {
         match spec.kind.as_str() {
             #[cfg(feature = "redis")]
@@ -269,6 +274,24 @@ impl Connectors for Registry {
             other => Err(JobError::Config(format!(
                 "fleet.type: unknown fleet backend `{other}`; this build has: {}",
                 fleet_types().join(", ")
+            ))),
+        }
+    }
+
+    fn open_exchange(&self, request: &ExchangeRequest<'_>) -> Result<Exchange, JobError> {
+        let prefix = format!("sources.{}", request.source);
+        match request.source_spec.kind.as_str() {
+            #[cfg(feature = "kafka")]
+            "kafka" => {
+                let config =
+                    kafka::KafkaSourceConfig::from_options(&prefix, &request.source_spec.options)
+                        .map_err(|i| JobError::Config(config_error(i)))?;
+                kafka::repartition::open_exchange(request, &config)
+            }
+            other => Err(JobError::Config(format!(
+                "pipelines.{}.repartition: source `{}` is of type `{other}`, which cannot \
+                 repartition (kafka can)",
+                request.pipeline, request.source
             ))),
         }
     }

@@ -19,6 +19,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use weir_engine::checkpoint::Epoch;
 use weir_engine::event::{Output, Value};
+use weir_engine::runtime::exchange;
 use weir_engine::runtime::{Sink, SinkEncoder, SinkError, SinkScope};
 
 use super::client::SetDefault;
@@ -189,6 +190,17 @@ pub struct KafkaSink {
     fence_reader: BaseConsumer,
     /// The last epoch known to have landed.
     fence: Option<Epoch>,
+    /// For an exchange sink: the topic's partition count. Staged bytes are then exchange items
+    /// with explicit target partitions (see `weir_engine::runtime::exchange`).
+    exchange: Option<u32>,
+}
+
+/// The encoder of an exchange sink: stage 1 writes exchange items itself; outputs never reach
+/// an exchange sink.
+struct NoEncoder;
+
+impl SinkEncoder for NoEncoder {
+    fn encode(&mut self, _output: &Output, _staged: &mut Vec<u8>) {}
 }
 
 impl KafkaSink {
@@ -246,7 +258,67 @@ impl KafkaSink {
             producer: None,
             fence_reader,
             fence: None,
+            exchange: None,
         })
+    }
+
+    /// The exchange sink of a repartitioned pipeline: the same transactional, fenced epoch
+    /// commits, producing exchange items to their target partitions of `config.topic`, which
+    /// must have (or is created with) `partitions` partitions.
+    pub fn open_exchange(
+        name: &str,
+        scope: &SinkScope,
+        config: &KafkaSinkConfig,
+        partitions: u32,
+    ) -> Result<KafkaSink, SinkError> {
+        let mut sink = KafkaSink::open(name, scope, config)?;
+        sink.exchange = Some(partitions);
+        Ok(sink)
+    }
+
+    /// Queues `record`, waiting while the producer's queue is full.
+    fn send<'a>(
+        &self,
+        producer: &BaseProducer,
+        mut record: BaseRecord<'a, [u8], [u8]>,
+    ) -> Result<(), SinkError> {
+        loop {
+            match producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    producer.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => return Err(self.error("produce", &e)),
+            }
+        }
+    }
+
+    /// Produces the exchange items in `staged`, markers to every partition.
+    fn produce_exchange(
+        &self,
+        producer: &BaseProducer,
+        partitions: u32,
+        staged: &[u8],
+    ) -> Result<(), SinkError> {
+        let items = exchange::read_staged(staged)
+            .map_err(|e| SinkError::Fatal(format!("sink `{}`: staged items: {e}", self.name)))?;
+        for item in items {
+            let targets = match item.partition {
+                Some(p) => p..p + 1,
+                None => 0..partitions,
+            };
+            for partition in targets {
+                let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.config.topic)
+                    .payload(item.value)
+                    .partition(partition as i32);
+                if !item.key.is_empty() {
+                    record = record.key(item.key);
+                }
+                self.send(producer, record)?;
+            }
+        }
+        Ok(())
     }
 
     fn error(&self, what: &str, e: &KafkaError) -> SinkError {
@@ -303,33 +375,27 @@ impl KafkaSink {
         epoch: Epoch,
         staged: &[u8],
     ) -> Result<(), SinkError> {
-        let records = read_staged(staged)?;
         producer
             .begin_transaction()
             .map_err(|e| self.error("begin a transaction", &e))?;
-        for record in &records {
-            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-            for (name, value) in &record.headers {
-                headers = headers.insert(Header {
-                    key: name,
-                    value: Some(*value),
-                });
-            }
-            let mut base: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.config.topic)
-                .payload(record.value)
-                .headers(headers);
-            if let Some(key) = record.key {
-                base = base.key(key);
-            }
-            loop {
-                match producer.send(base) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        base = back;
-                        producer.poll(Duration::from_millis(10));
-                    }
-                    Err((e, _)) => return Err(self.error("produce", &e)),
+        if let Some(partitions) = self.exchange {
+            self.produce_exchange(producer, partitions, staged)?;
+        } else {
+            for record in &read_staged(staged)? {
+                let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+                for (name, value) in &record.headers {
+                    headers = headers.insert(Header {
+                        key: name,
+                        value: Some(*value),
+                    });
                 }
+                let mut base: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.config.topic)
+                    .payload(record.value)
+                    .headers(headers);
+                if let Some(key) = record.key {
+                    base = base.key(key);
+                }
+                self.send(producer, base)?;
             }
         }
         let mut fence = TopicPartitionList::new();
@@ -355,6 +421,9 @@ impl Sink for KafkaSink {
     }
 
     fn encoder(&self) -> Box<dyn SinkEncoder> {
+        if self.exchange.is_some() {
+            return Box::new(NoEncoder);
+        }
         Box::new(KafkaEncoder {
             key_fields: self.config.key.clone(),
         })

@@ -15,7 +15,8 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use weir_engine::event::DeadLetter;
+use weir_engine::event::{DeadLetter, Timestamp};
+use weir_engine::runtime::exchange::{self, ExchangeMessage, UpstreamWatermarks};
 use weir_engine::runtime::{
     DecodeContext, PartitionSelection, PollStatus, SourceBatch, SourceError, SourcePartition,
 };
@@ -93,6 +94,10 @@ pub struct KafkaPartition {
     /// With `end_at_tail`: the high watermark when the partition was first polled.
     end: Option<i64>,
     assigned: bool,
+    /// For an exchange partition (stage 2 of `repartition: true`): what every upstream task
+    /// reported. Such a partition decodes exchange values, starts at the beginning without
+    /// asking the group, commits no group offsets, and ends when every upstream ended.
+    exchange: Option<UpstreamWatermarks>,
 }
 
 impl KafkaPartition {
@@ -120,7 +125,27 @@ impl KafkaPartition {
             next: None,
             end: None,
             assigned: false,
+            exchange: None,
         })
+    }
+
+    /// Opens partition `partition` of the exchange topic `topic`, fed by `upstreams` tasks.
+    pub(crate) fn open_exchange(
+        name: &str,
+        config: &KafkaSourceConfig,
+        ctx: &DecodeContext,
+        topic: String,
+        partition: i32,
+        upstreams: u32,
+    ) -> Result<Self, SourceError> {
+        let mut config = config.clone();
+        config.format = Default::default();
+        config.avro = None;
+        config.start = StartFrom::Earliest;
+        config.end_at_tail = false;
+        let mut reader = Self::open(name, &config, ctx, topic, partition)?;
+        reader.exchange = Some(UpstreamWatermarks::new(upstreams));
+        Ok(reader)
     }
 
     /// Resolves where to start (stored position, else the group's committed offset, else the
@@ -132,6 +157,7 @@ impl KafkaPartition {
             .map_err(|e| self.error("read the partition's offsets", e))?;
         let next = match self.next {
             Some(next) => next,
+            None if self.exchange.is_some() => low,
             None => {
                 let committed = self.committed_offset()?;
                 let next = match (committed, self.start) {
@@ -183,6 +209,9 @@ impl KafkaPartition {
     }
 
     fn reached_end(&self) -> bool {
+        if let Some(upstreams) = &self.exchange {
+            return upstreams.all_ended();
+        }
         matches!((self.next, self.end), (Some(next), Some(end)) if next >= end)
     }
 }
@@ -199,13 +228,23 @@ impl SourcePartition for KafkaPartition {
             self.next = None;
             return Ok(());
         }
-        let raw: [u8; 8] = position.try_into().map_err(|_| {
+        // An exchange partition stores its upstreams' state after the offset.
+        let (offset, rest) = position.split_at(position.len().min(8));
+        let bad = || {
             SourceError::Fatal(format!(
                 "{}: stored position has {} bytes, expected 8",
                 self.id,
                 position.len()
             ))
-        })?;
+        };
+        let raw: [u8; 8] = offset.try_into().map_err(|_| bad())?;
+        match self.exchange.as_mut() {
+            Some(upstreams) => upstreams
+                .restore(rest)
+                .map_err(|e| SourceError::Fatal(format!("{}: {e}", self.id)))?,
+            None if !rest.is_empty() => return Err(bad()),
+            None => {}
+        }
         self.next = Some(i64::from_be_bytes(raw));
         Ok(())
     }
@@ -245,7 +284,29 @@ impl SourcePartition for KafkaPartition {
                 Err(e) => return Err(self.error("read", e)),
             };
             let offset = message.offset();
-            match self.decoder.decode(&message) {
+            let decoded = match self.exchange.as_mut() {
+                None => self.decoder.decode(&message),
+                Some(upstreams) => match exchange::decode(message.payload().unwrap_or_default()) {
+                    Ok(ExchangeMessage::Record {
+                        record,
+                        partition_watermark,
+                    }) => {
+                        out.record_watermarks.push(partition_watermark);
+                        Ok(record)
+                    }
+                    Ok(ExchangeMessage::Marker(marker)) => {
+                        upstreams.observe(&marker);
+                        self.next = Some(offset + 1);
+                        produced += 1;
+                        if upstreams.all_ended() {
+                            break;
+                        }
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                },
+            };
+            match decoded {
                 Ok(record) => out.records.push(record),
                 Err(error) => out.dead_letters.push(DeadLetter {
                     source: self.source.clone(),
@@ -269,12 +330,26 @@ impl SourcePartition for KafkaPartition {
 
     fn position(&self) -> Vec<u8> {
         match self.next {
-            Some(next) => next.to_be_bytes().to_vec(),
+            Some(next) => {
+                let mut out = next.to_be_bytes().to_vec();
+                if let Some(upstreams) = &self.exchange {
+                    out.extend_from_slice(&upstreams.snapshot());
+                }
+                out
+            }
             None => Vec::new(),
         }
     }
 
+    fn watermark(&self) -> Option<Timestamp> {
+        self.exchange.as_ref().map(UpstreamWatermarks::watermark)
+    }
+
     fn on_committed(&mut self, position: &[u8]) -> Result<(), SourceError> {
+        if self.exchange.is_some() {
+            // The exchange's positions live with the state only; no group tracks it.
+            return Ok(());
+        }
         let Ok(raw) = <[u8; 8]>::try_from(position) else {
             return Ok(());
         };

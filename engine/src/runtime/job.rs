@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, unbounded};
+use crossbeam_channel::{bounded, unbounded, Sender};
 
 use crate::checkpoint::{
     decide_recovery, next_epoch, read_positions, read_progress, read_staged, write_committed,
@@ -19,13 +19,15 @@ use crate::topology::{SinkSpec, SourceSpec, Topology};
 use crate::window::WindowOperator;
 
 use super::coordinator::{commit_with_retry, Coordinator, SourceHandle};
+use super::exchange::{Exchange, ExchangeRequest};
 use super::fleet::{persist, CheckpointReplica};
+use super::messages::CoordMessage;
 use super::metrics::{JobMetrics, MetricsSnapshot};
 use super::plan::PipelinePlan;
 use super::shard_task::ShardTask;
 use super::sink::{Sink, SinkError, SinkScope};
 use super::source::{DecodeContext, PartitionSelection, SourceError, SourcePartition};
-use super::source_task::{Route, SourceTask};
+use super::source_task::{ExchangeRoute, Route, SourceTask};
 use super::staging::{SinkIndex, Staging};
 use super::JobError;
 
@@ -57,6 +59,15 @@ pub trait Connectors: Send + Sync {
         Err(JobError::Config(format!(
             "fleet.type: unknown fleet backend `{}`",
             spec.kind
+        )))
+    }
+
+    /// Opens the exchange of a pipeline with `repartition: true` (see [`super::exchange`]).
+    /// Default: not supported.
+    fn open_exchange(&self, request: &ExchangeRequest<'_>) -> Result<Exchange, JobError> {
+        Err(JobError::Config(format!(
+            "pipelines.{}.repartition: source `{}` (type `{}`) cannot repartition",
+            request.pipeline, request.source, request.source_spec.kind
         )))
     }
 
@@ -144,10 +155,62 @@ impl Job {
         let metrics = Arc::new(JobMetrics::default());
 
         let mut sinks: Vec<Box<dyn Sink>> = Vec::with_capacity(topology.sinks.len());
-        let mut sink_index: HashMap<&str, SinkIndex> = HashMap::new();
+        let mut sink_index: HashMap<String, SinkIndex> = HashMap::new();
         for (name, spec) in &topology.sinks {
-            sink_index.insert(name.as_str(), sinks.len());
+            sink_index.insert(name.clone(), sinks.len());
             sinks.push(connectors.open_sink(&scope, name, spec)?);
+        }
+
+        let pipeline_count = topology.pipelines.len().max(1);
+        let budget = (topology.state.memory_budget.0 as usize) / (pipeline_count * shards as usize);
+
+        // Repartitioned pipelines: stage 2 (the windows) reads the exchange; its sink takes part
+        // in recovery like any other sink.
+        let mut stage2: Vec<Stage2> = Vec::new();
+        for (name, spec) in topology.pipelines.iter().filter(|(_, p)| p.repartition) {
+            let source_spec = topology.sources.get(&spec.source).ok_or_else(|| {
+                JobError::Config(format!("pipelines.{name}.source: unknown source"))
+            })?;
+            let mut inner = spec.clone();
+            inner.steps.clear();
+            inner.repartition = false;
+            let mut slots = FieldSlots::default();
+            let mut plan =
+                PipelinePlan::compile(topology, name, &inner, &mut slots, shards, budget)
+                    .map_err(|e| JobError::Config(format!("pipelines.{name}: {e}")))?;
+            let slots = Arc::new(slots);
+            plan.set_slots(slots.clone());
+            let partitions = connectors.partition_count(&spec.source, source_spec)?;
+            let sink_name = exchange_sink_name(name);
+            let ctx = DecodeContext {
+                source_name: sink_name.as_str().into(),
+                slots,
+                event_time: source_spec.event_time.clone(),
+            };
+            let exchange = connectors.open_exchange(&ExchangeRequest {
+                pipeline: name,
+                source: &spec.source,
+                source_spec,
+                partitions,
+                sink_name: &sink_name,
+                scope: &scope,
+                selection: &options.selection,
+                ctx: &ctx,
+            })?;
+            if sink_index.contains_key(&sink_name) {
+                return Err(JobError::Config(format!(
+                    "sinks.{sink_name}: the name is reserved for the exchange of pipeline `{name}`"
+                )));
+            }
+            sink_index.insert(sink_name.clone(), sinks.len());
+            sinks.push(exchange.sink);
+            stage2.push(Stage2 {
+                pipeline: name.clone(),
+                source: spec.source.clone(),
+                plan: Arc::new(plan),
+                partitions: exchange.partitions,
+                upstreams: partitions,
+            });
         }
 
         let progress = read_progress(store.as_ref())?;
@@ -178,12 +241,17 @@ impl Job {
         }
 
         let (coord_tx, coord_rx) = unbounded();
-        let pipeline_count = topology.pipelines.len().max(1);
-        let budget = (topology.state.memory_budget.0 as usize) / (pipeline_count * shards as usize);
-        let mut source_tasks = Vec::new();
-        let mut shard_tasks = Vec::new();
-        let mut handles = Vec::new();
-        let resolve = |n: &String| sink_index.get(n.as_str()).copied();
+        let mut tasks = Tasks {
+            shards,
+            store: store.clone(),
+            sinks: &sinks,
+            sink_index: &sink_index,
+            coordinator: coord_tx,
+            metrics: metrics.clone(),
+            source_tasks: Vec::new(),
+            shard_tasks: Vec::new(),
+            handles: Vec::new(),
+        };
         for (source_name, source_spec) in &topology.sources {
             let pipelines: Vec<_> = topology
                 .pipelines
@@ -211,90 +279,81 @@ impl Job {
                 .collect();
             let ctx = DecodeContext {
                 source_name: source_name.as_str().into(),
-                slots,
+                slots: slots.clone(),
                 event_time: source_spec.event_time.clone(),
             };
             let mut partitions =
                 connectors.open_source(source_name, source_spec, &ctx, &options.selection)?;
-            let positions = read_positions(store.as_ref(), source_name)?;
-            let mut watermarks = Vec::with_capacity(partitions.len());
-            for partition in partitions.iter_mut() {
-                let mut wm = PartitionWatermark::new(&source_spec.watermark);
-                if let Some(cp) = positions.get(partition.id()) {
-                    partition.seek(&cp.position)?;
-                    wm.restore(&cp.watermark).map_err(|e| {
-                        JobError::Recovery(format!(
-                            "watermark of partition `{}`: {e}",
-                            partition.id()
-                        ))
-                    })?;
-                }
-                watermarks.push(wm);
-            }
+            let watermarks = tasks.restore(source_name, source_spec, &mut partitions)?;
 
-            // Per pipeline, one channel per (partition, shard): each shard sees each partition's
-            // records in order.
             let mut routes: Vec<Vec<Route>> = (0..partitions.len()).map(|_| Vec::new()).collect();
             for plan in &plans {
-                let result_sinks: Vec<SinkIndex> = plan.sinks.iter().filter_map(resolve).collect();
-                let late_sink = plan.late_output.as_ref().and_then(resolve);
-                let Some(operator_spec) = &plan.operator else {
-                    // Windowless: the source task stages the pipeline's events itself.
-                    for partition_routes in routes.iter_mut() {
-                        partition_routes.push(Route::stateless(plan.clone(), result_sinks.clone()));
+                if let Some(stage) = stage2.iter().find(|s| s.pipeline == plan.name) {
+                    // Stage 1: records go to the exchange, each task marking its upstream index.
+                    let upstreams: Vec<u32> = (0..stage.upstreams)
+                        .filter(|i| options.selection.contains(*i))
+                        .collect();
+                    if upstreams.len() != routes.len() {
+                        return Err(JobError::Config(format!(
+                            "pipelines.{}: the source opened {} partitions but {} are selected",
+                            plan.name,
+                            routes.len(),
+                            upstreams.len()
+                        )));
+                    }
+                    let projection = stage
+                        .plan
+                        .slots
+                        .names()
+                        .iter()
+                        .map(|n| {
+                            slots.get(n).ok_or_else(|| {
+                                JobError::Config(format!(
+                                    "pipelines.{}: field `{n}` has no slot",
+                                    plan.name
+                                ))
+                            })
+                        })
+                        .collect::<Result<Vec<usize>, JobError>>()?;
+                    let Some(sink) = tasks.resolve(&exchange_sink_name(&plan.name)) else {
+                        return Err(JobError::Config(format!(
+                            "pipelines.{}: no exchange sink",
+                            plan.name
+                        )));
+                    };
+                    for (partition_routes, upstream) in routes.iter_mut().zip(upstreams) {
+                        partition_routes.push(Route::exchange(
+                            plan.clone(),
+                            ExchangeRoute {
+                                sink,
+                                partitions: stage.upstreams,
+                                projection: projection.clone(),
+                                upstream,
+                            },
+                        ));
                     }
                     continue;
-                };
-                let mut shard_inputs: Vec<Vec<_>> = (0..shards).map(|_| Vec::new()).collect();
-                for partition_routes in routes.iter_mut() {
-                    let mut outputs = Vec::with_capacity(shards as usize);
-                    for inputs in shard_inputs.iter_mut() {
-                        let (tx, rx) = bounded(CHANNEL_BATCHES);
-                        outputs.push(tx);
-                        inputs.push(rx);
-                    }
-                    partition_routes.push(Route::new(plan.clone(), outputs));
                 }
-                for (shard, inputs) in shard_inputs.into_iter().enumerate() {
-                    let mut op_spec = operator_spec.clone();
-                    op_spec.shard = shard as u32;
-                    let operator = Box::new(WindowOperator::new(op_spec, store.clone())?);
-                    shard_tasks.push(ShardTask {
-                        task: shard_tasks.len(),
-                        operator,
-                        inputs,
-                        staging: Staging::new(sinks.iter().map(|s| s.encoder()).collect()),
-                        result_sinks: result_sinks.clone(),
-                        late_sink,
-                        coordinator: coord_tx.clone(),
-                        metrics: metrics.clone(),
-                    });
-                }
+                tasks.add_pipeline(plan, &mut routes)?;
             }
-            let dead_letter = source_spec.dead_letter.as_ref().and_then(resolve);
-            for ((partition, watermark), routes) in
-                partitions.into_iter().zip(watermarks).zip(routes)
-            {
-                let (control_tx, control_rx) = unbounded();
-                handles.push(SourceHandle {
-                    control: control_tx,
-                    source: source_name.clone(),
-                    partition_id: partition.id().to_string(),
-                });
-                source_tasks.push(SourceTask {
-                    task: source_tasks.len(),
-                    source: source_name.clone(),
-                    routes,
-                    partition,
-                    watermark,
-                    staging: Staging::new(sinks.iter().map(|s| s.encoder()).collect()),
-                    dead_letter,
-                    control: control_rx,
-                    coordinator: coord_tx.clone(),
-                    metrics: metrics.clone(),
-                });
-            }
+            tasks.add_sources(source_name, source_spec, partitions, watermarks, routes);
         }
+        // Stage 2 of each repartitioned pipeline: its exchange partitions feed its windows.
+        for stage in stage2 {
+            let spec = &topology.sources[&stage.source];
+            let name = exchange_sink_name(&stage.pipeline);
+            let mut partitions = stage.partitions;
+            let watermarks = tasks.restore(&name, spec, &mut partitions)?;
+            let mut routes: Vec<Vec<Route>> = (0..partitions.len()).map(|_| Vec::new()).collect();
+            tasks.add_pipeline(&stage.plan, &mut routes)?;
+            tasks.add_sources(&name, spec, partitions, watermarks, routes);
+        }
+        let Tasks {
+            source_tasks,
+            shard_tasks,
+            handles,
+            ..
+        } = tasks;
 
         let coordinator = Coordinator {
             store,
@@ -361,6 +420,152 @@ impl Job {
             checkpoint_durations_us,
             elapsed: started.elapsed(),
         })
+    }
+}
+
+/// The name of a repartitioned pipeline's exchange: its sink's name and the source name its
+/// stage-2 positions are stored under.
+fn exchange_sink_name(pipeline: &str) -> String {
+    format!("{pipeline}#repartition")
+}
+
+/// Stage 2 of a repartitioned pipeline, opened before recovery.
+struct Stage2 {
+    pipeline: String,
+    /// The user source the pipeline reads (stage 1).
+    source: String,
+    /// The pipeline without its steps, over the fields stage 1 sends.
+    plan: Arc<PipelinePlan>,
+    /// The selected exchange partitions.
+    partitions: Vec<Box<dyn SourcePartition>>,
+    /// The source's partition count: exchange partitions and upstream tasks.
+    upstreams: u32,
+}
+
+/// Builds a job's tasks and the channels between them.
+struct Tasks<'a> {
+    shards: u32,
+    store: Arc<dyn StateStore>,
+    sinks: &'a [Box<dyn Sink>],
+    sink_index: &'a HashMap<String, SinkIndex>,
+    coordinator: Sender<CoordMessage>,
+    metrics: Arc<JobMetrics>,
+    source_tasks: Vec<SourceTask>,
+    shard_tasks: Vec<ShardTask>,
+    handles: Vec<SourceHandle>,
+}
+
+impl Tasks<'_> {
+    fn resolve(&self, name: &str) -> Option<SinkIndex> {
+        self.sink_index.get(name).copied()
+    }
+
+    fn staging(&self) -> Staging {
+        Staging::new(self.sinks.iter().map(|s| s.encoder()).collect())
+    }
+
+    /// Moves `partitions` to the positions stored under `source` and restores their
+    /// watermarks.
+    fn restore(
+        &self,
+        source: &str,
+        spec: &SourceSpec,
+        partitions: &mut [Box<dyn SourcePartition>],
+    ) -> Result<Vec<PartitionWatermark>, JobError> {
+        let positions = read_positions(self.store.as_ref(), source)?;
+        let mut watermarks = Vec::with_capacity(partitions.len());
+        for partition in partitions.iter_mut() {
+            let mut wm = PartitionWatermark::new(&spec.watermark);
+            if let Some(cp) = positions.get(partition.id()) {
+                partition.seek(&cp.position)?;
+                wm.restore(&cp.watermark).map_err(|e| {
+                    JobError::Recovery(format!("watermark of partition `{}`: {e}", partition.id()))
+                })?;
+            }
+            watermarks.push(wm);
+        }
+        Ok(watermarks)
+    }
+
+    /// Adds `plan`'s route to every partition's `routes`, with its shard tasks for a windowed
+    /// pipeline: one channel per (partition, shard), so each shard sees each partition's
+    /// records in order.
+    fn add_pipeline(
+        &mut self,
+        plan: &Arc<PipelinePlan>,
+        routes: &mut [Vec<Route>],
+    ) -> Result<(), JobError> {
+        let result_sinks: Vec<SinkIndex> =
+            plan.sinks.iter().filter_map(|n| self.resolve(n)).collect();
+        let late_sink = plan.late_output.as_ref().and_then(|n| self.resolve(n));
+        let Some(operator_spec) = &plan.operator else {
+            // Windowless: the source task stages the pipeline's events itself.
+            for partition_routes in routes.iter_mut() {
+                partition_routes.push(Route::stateless(plan.clone(), result_sinks.clone()));
+            }
+            return Ok(());
+        };
+        let mut shard_inputs: Vec<Vec<_>> = (0..self.shards).map(|_| Vec::new()).collect();
+        for partition_routes in routes.iter_mut() {
+            let mut outputs = Vec::with_capacity(self.shards as usize);
+            for inputs in shard_inputs.iter_mut() {
+                let (tx, rx) = bounded(CHANNEL_BATCHES);
+                outputs.push(tx);
+                inputs.push(rx);
+            }
+            partition_routes.push(Route::new(plan.clone(), outputs));
+        }
+        for (shard, inputs) in shard_inputs.into_iter().enumerate() {
+            let mut op_spec = operator_spec.clone();
+            op_spec.shard = shard as u32;
+            let operator = Box::new(WindowOperator::new(op_spec, self.store.clone())?);
+            let staging = self.staging();
+            self.shard_tasks.push(ShardTask {
+                task: self.shard_tasks.len(),
+                operator,
+                inputs,
+                staging,
+                result_sinks: result_sinks.clone(),
+                late_sink,
+                coordinator: self.coordinator.clone(),
+                metrics: self.metrics.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// One source task per partition, positions stored under `source`.
+    fn add_sources(
+        &mut self,
+        source: &str,
+        spec: &SourceSpec,
+        partitions: Vec<Box<dyn SourcePartition>>,
+        watermarks: Vec<PartitionWatermark>,
+        routes: Vec<Vec<Route>>,
+    ) {
+        let dead_letter = spec.dead_letter.as_ref().and_then(|n| self.resolve(n));
+        for ((partition, watermark), routes) in partitions.into_iter().zip(watermarks).zip(routes) {
+            let (control_tx, control_rx) = unbounded();
+            self.handles.push(SourceHandle {
+                control: control_tx,
+                source: source.to_string(),
+                partition_id: partition.id().to_string(),
+            });
+            let staging = self.staging();
+            self.source_tasks.push(SourceTask {
+                task: self.source_tasks.len(),
+                source: source.to_string(),
+                routes,
+                partition,
+                watermark,
+                staging,
+                dead_letter,
+                control: control_rx,
+                coordinator: self.coordinator.clone(),
+                metrics: self.metrics.clone(),
+                value: Vec::new(),
+            });
+        }
     }
 }
 

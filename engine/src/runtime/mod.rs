@@ -10,6 +10,7 @@
 //! batch, then commits every sink.
 
 mod coordinator;
+pub mod exchange;
 pub mod fleet;
 mod job;
 mod messages;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use compact_str::CompactString;
 
-use crate::event::{DeadLetter, FieldSlots, Record};
+use crate::event::{DeadLetter, FieldSlots, Record, Timestamp};
 use crate::topology::EventTimeSpec;
 
 /// Errors a source reports. `Retryable` errors are retried with backoff by the runtime;
@@ -38,6 +38,10 @@ pub struct SourceBatch {
     pub records: Vec<Record>,
     /// Records that could not be decoded, in partition order.
     pub dead_letters: Vec<DeadLetter>,
+    /// Empty, or one entry per record of `records`: the watermark of the record's *original*
+    /// input partition when it was read (an exchange partition carries it from stage 1).
+    /// Lateness is then decided by it instead of by this partition's watermark.
+    pub record_watermarks: Vec<Timestamp>,
 }
 
 impl SourceBatch {
@@ -45,6 +49,7 @@ impl SourceBatch {
     pub fn clear(&mut self) {
         self.records.clear();
         self.dead_letters.clear();
+        self.record_watermarks.clear();
     }
 }
 
@@ -107,6 +112,14 @@ pub trait SourcePartition: Send {
 
     /// The position just past the last record returned.
     fn position(&self) -> Vec<u8>;
+
+    /// An explicit watermark for this partition, if it has one (an exchange partition: the
+    /// minimum over its upstream tasks). When `Some`, the task uses it instead of the largest
+    /// event time seen minus `max_out_of_orderness`, and never declares the partition idle (its
+    /// upstreams report idleness themselves). It must never decrease. Default: `None`.
+    fn watermark(&self) -> Option<Timestamp> {
+        None
+    }
 
     /// Called once the checkpoint epoch holding this partition's position up to `position` is
     /// committed to every sink; brokers acknowledge here (Kafka offset commit, XACK).

@@ -8,9 +8,10 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::checkpoint::{Epoch, PartitionCheckpoint};
-use crate::event::{DeadLetter, KeyedRecord, Output};
+use crate::event::{DeadLetter, Key, KeyedRecord, Output, Record, Timestamp, Value, MAX_TIMESTAMP};
 use crate::time::{Admission, PartitionWatermark};
 
+use super::exchange;
 use super::messages::{CoordMessage, ShardMessage, SourceAck, SourceControl};
 use super::metrics::JobMetrics;
 use super::plan::{PipelinePlan, Rejection};
@@ -29,6 +30,20 @@ pub(crate) struct Route {
     pending: Vec<Vec<KeyedRecord>>,
     /// For a windowless pipeline (no shards): the sinks its events go to.
     event_sinks: Vec<SinkIndex>,
+    /// For stage 1 of a repartitioned pipeline (no shards): where its records go instead.
+    exchange: Option<ExchangeRoute>,
+}
+
+/// Stage 1 of a repartitioned pipeline: records are staged for the exchange sink.
+pub(crate) struct ExchangeRoute {
+    /// The exchange sink.
+    pub sink: SinkIndex,
+    /// The exchange's partition count.
+    pub partitions: u32,
+    /// For each field of the stage-2 pipeline (in its slot order), the slot of this source.
+    pub projection: Vec<usize>,
+    /// This task's upstream index: its input partition's index in the source.
+    pub upstream: u32,
 }
 
 impl Route {
@@ -39,6 +54,18 @@ impl Route {
             shards,
             pending,
             event_sinks: Vec::new(),
+            exchange: None,
+        }
+    }
+
+    /// Stage 1 of a repartitioned pipeline: prepared records are staged for the exchange.
+    pub fn exchange(plan: Arc<PipelinePlan>, exchange: ExchangeRoute) -> Self {
+        Route {
+            plan,
+            shards: Vec::new(),
+            pending: Vec::new(),
+            event_sinks: Vec::new(),
+            exchange: Some(exchange),
         }
     }
 
@@ -49,6 +76,7 @@ impl Route {
             shards: Vec::new(),
             pending: Vec::new(),
             event_sinks,
+            exchange: None,
         }
     }
 
@@ -103,6 +131,8 @@ pub(crate) struct SourceTask {
     pub control: Receiver<SourceControl>,
     pub coordinator: Sender<CoordMessage>,
     pub metrics: Arc<JobMetrics>,
+    /// Scratch buffer for exchange values.
+    pub value: Vec<u8>,
 }
 
 impl SourceTask {
@@ -121,7 +151,7 @@ impl SourceTask {
         let mut batch = SourceBatch::default();
         let mut ended = false;
         let mut idle = false;
-        let mut sent_watermark = self.watermark.watermark();
+        let mut sent_watermark = self.current_watermark(false);
         let mut in_flight: VecDeque<(Epoch, Vec<u8>)> = VecDeque::new();
         let mut backoff = Duration::from_millis(50);
         self.broadcast(ShardMessage::Watermark(sent_watermark))?;
@@ -147,6 +177,7 @@ impl SourceTask {
                     SourceControl::Stop => return Ok(()),
                     SourceControl::Barrier(epoch) => {
                         self.flush()?;
+                        self.stage_markers(ended, idle);
                         self.broadcast(ShardMessage::Barrier(epoch))?;
                         let position = self.partition.position();
                         in_flight.push_back((epoch, position.clone()));
@@ -212,14 +243,23 @@ impl SourceTask {
                 idle = false;
                 self.broadcast(ShardMessage::Idle(false))?;
             }
-            JobMetrics::add(
-                &self.metrics.events_in,
-                (batch.records.len() + batch.dead_letters.len()) as u64,
-            );
+            let explicit = self.partition.watermark().is_some();
+            if !explicit {
+                // An exchange partition's records were counted when stage 1 read them.
+                JobMetrics::add(
+                    &self.metrics.events_in,
+                    (batch.records.len() + batch.dead_letters.len()) as u64,
+                );
+            }
             let mut dead = std::mem::take(&mut batch.dead_letters);
             let last_route = self.routes.len().saturating_sub(1);
-            for record in batch.records.drain(..) {
-                let partition_watermark = self.watermark.watermark();
+            let carried = std::mem::take(&mut batch.record_watermarks);
+            for (i, record) in batch.records.drain(..).enumerate() {
+                let partition_watermark = match carried.get(i) {
+                    Some(w) => *w,
+                    None if explicit => self.current_watermark(false),
+                    None => self.watermark.watermark(),
+                };
                 if let Admission::FutureSkew { ahead_ms } = self.watermark.observe(record.time, now)
                 {
                     let reason = format!(
@@ -251,6 +291,9 @@ impl SourceTask {
                                 self.staging.stage(sink, &out);
                             }
                         }
+                        Ok(key) if self.routes[r].exchange.is_some() => {
+                            self.stage_exchange(r, &key, &rec, partition_watermark);
+                        }
                         Ok(key) => {
                             let key_hash = key.stable_hash();
                             self.routes[r].push(KeyedRecord {
@@ -276,7 +319,7 @@ impl SourceTask {
                 PollStatus::Data => {}
                 PollStatus::Idle => {
                     self.flush()?;
-                    if !idle && self.watermark.is_idle(now) {
+                    if !idle && !explicit && self.watermark.is_idle(now) {
                         idle = true;
                         self.broadcast(ShardMessage::Idle(true))?;
                     }
@@ -291,12 +334,65 @@ impl SourceTask {
                     let _ = self.coordinator.send(CoordMessage::SourceEnded(self.task));
                 }
             }
-            let wm = self.watermark.watermark();
+            let wm = self.current_watermark(ended);
             if wm > sent_watermark {
                 // Records before the watermark must reach the shards first.
                 self.flush()?;
                 sent_watermark = wm;
                 self.broadcast(ShardMessage::Watermark(wm))?;
+            }
+        }
+    }
+
+    /// The partition's watermark: explicit if the partition reports one, else from event times.
+    fn current_watermark(&self, ended: bool) -> Timestamp {
+        if ended {
+            return MAX_TIMESTAMP;
+        }
+        self.partition
+            .watermark()
+            .unwrap_or_else(|| self.watermark.watermark())
+    }
+
+    /// Stages a prepared record of route `r` for its exchange: target partition by key hash,
+    /// the stage-2 fields, event time and the watermark it was read under.
+    fn stage_exchange(&mut self, r: usize, key: &Key, record: &Record, partition_watermark: i64) {
+        let Some(ex) = self.routes[r].exchange.as_ref() else {
+            return;
+        };
+        let partition = exchange::exchange_partition(key.stable_hash(), ex.partitions);
+        self.value.clear();
+        exchange::encode_record(
+            &mut self.value,
+            record.time,
+            partition_watermark,
+            ex.projection
+                .iter()
+                .map(|&s| record.fields.get(s).unwrap_or(&Value::Null)),
+        );
+        if let Some(buf) = self.staging.buffer(ex.sink) {
+            exchange::stage(buf, Some(partition), key.as_bytes(), &self.value);
+        }
+    }
+
+    /// Stages this task's progress marker for every exchange partition of every repartitioned
+    /// route; called at each barrier, after the records it covers.
+    fn stage_markers(&mut self, ended: bool, idle: bool) {
+        let watermark = self.current_watermark(ended);
+        for r in 0..self.routes.len() {
+            let Some(ex) = self.routes[r].exchange.as_ref() else {
+                continue;
+            };
+            let marker = exchange::Marker {
+                upstream: ex.upstream,
+                watermark,
+                ended,
+                idle,
+            };
+            self.value.clear();
+            exchange::encode_marker(&mut self.value, &marker);
+            if let Some(buf) = self.staging.buffer(ex.sink) {
+                exchange::stage(buf, None, &[], &self.value);
             }
         }
     }

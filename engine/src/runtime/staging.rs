@@ -27,6 +27,11 @@ impl Staging {
         }
     }
 
+    /// The staged bytes of `sink`, for outputs staged without an encoder (exchange items).
+    pub fn buffer(&mut self, sink: SinkIndex) -> Option<&mut Vec<u8>> {
+        self.buffers.get_mut(sink)
+    }
+
     /// Takes the staged bytes of every sink, by sink index (empty for sinks with nothing).
     pub fn take(&mut self) -> Vec<Vec<u8>> {
         self.buffers.iter_mut().map(std::mem::take).collect()

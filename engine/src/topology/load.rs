@@ -47,6 +47,7 @@ const PIPELINE_FIELDS: &[&str] = &[
     "emit",
     "sinks",
     "late_output",
+    "repartition",
 ];
 
 const WINDOW_TYPES: &[&str] = &["tumbling", "sliding", "session", "count"];
@@ -237,9 +238,24 @@ impl Loader {
                 _ => Vec::new(),
             }
         };
+        let source_types = match root.get("sources") {
+            Some(Value::Mapping(m)) => m
+                .iter()
+                .filter_map(|(k, v)| {
+                    let kind = v.get("type").and_then(Value::as_str)?;
+                    Some((
+                        key_text(k),
+                        catalog.supports_repartition(kind),
+                        kind.to_string(),
+                    ))
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
         let names = Names {
             sources: section_names("sources"),
             sinks: section_names("sinks"),
+            source_types,
         };
 
         let mut ok = true;
@@ -517,6 +533,7 @@ impl Loader {
         let mut emit = Some(EmitSpec::default());
         let mut sinks = None;
         let mut late_output = Some(None);
+        let mut repartition = Some(false);
         for (k, v) in map {
             let key = key_text(k);
             let p = join(path, &key);
@@ -570,6 +587,7 @@ impl Loader {
                         }
                     }
                 }
+                "repartition" => repartition = self.de::<bool>(v, &p),
                 "late_output" => {
                     late_output = self.de::<Option<String>>(v, &p);
                     if let Some(Some(sink)) = &late_output {
@@ -599,7 +617,14 @@ impl Loader {
                 self.missing(path, field);
             }
         }
-        let windowed_only = ["key_by", "aggregates", "having", "emit", "late_output"];
+        let windowed_only = [
+            "key_by",
+            "aggregates",
+            "having",
+            "emit",
+            "late_output",
+            "repartition",
+        ];
         for field in windowed_only
             .iter()
             .filter(|f| !windowed && map.contains_key(**f))
@@ -621,6 +646,17 @@ impl Loader {
         }
         if let (Some(keys), Some(aggs)) = (&key_by, &aggregates) {
             self.check_aggregate_names(keys, aggs, path);
+        }
+        if let (Some(true), Some(src)) = (repartition, &source) {
+            if let Some((_, false, kind)) = names.source_types.iter().find(|(n, ..)| n == src) {
+                self.issue(
+                    &join(path, "repartition"),
+                    format!(
+                        "`repartition` needs a source that can carry an internal topic (kafka); \
+                         source `{src}` is of type `{kind}`"
+                    ),
+                );
+            }
         }
         if let Some(Some(src)) = &having {
             let p = join(path, "having");
@@ -666,6 +702,7 @@ impl Loader {
             emit: emit?,
             sinks: sinks?,
             late_output: late_output?,
+            repartition: repartition?,
         })
     }
 
@@ -952,6 +989,8 @@ impl Loader {
 struct Names {
     sources: Vec<String>,
     sinks: Vec<String>,
+    /// Each source with a readable `type`: whether it can repartition, and the type.
+    source_types: Vec<(String, bool, String)>,
 }
 
 fn function_name(f: AggregateFunction) -> String {

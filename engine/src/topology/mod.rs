@@ -46,4 +46,9 @@ pub trait ConnectorCatalog {
     fn check_fleet(&self, _spec: &FleetSpec) -> Vec<ConfigIssue> {
         Vec::new()
     }
+    /// Whether pipelines reading a source of type `source_type` may use `repartition: true`
+    /// (the source's connector provides an exchange). Default: no.
+    fn supports_repartition(&self, _source_type: &str) -> bool {
+        false
+    }
 }

@@ -203,6 +203,12 @@ pub struct PipelineSpec {
     /// Sink receiving late events. Without one, late events are dropped and counted.
     #[serde(default)]
     pub late_output: Option<String>,
+    /// Send records through an internal topic keyed by the grouping key
+    /// (`<job>-<pipeline>-repartition`, as many partitions as the source) before windowing, so
+    /// each key's windows are computed in one place even when the key arrives on several input
+    /// partitions read by different workers. Windowed pipelines on Kafka sources only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub repartition: bool,
 }
 
 /// A record-level step: a single-key map, `{filter: EXPR}` or `{compute: {name, expr}}`.

@@ -628,3 +628,96 @@ fn the_default_topology_loads() {
         panic!("topology.yaml has issues:\n{}", render(&found));
     }
 }
+
+/// Accepts every connector; `kafka` sources can repartition.
+struct Repartitioning;
+
+impl ConnectorCatalog for Repartitioning {
+    fn check_source(&self, _: &str, _: &SourceSpec) -> Vec<ConfigIssue> {
+        Vec::new()
+    }
+    fn check_sink(&self, _: &str, _: &SinkSpec) -> Vec<ConfigIssue> {
+        Vec::new()
+    }
+    fn supports_repartition(&self, source_type: &str) -> bool {
+        source_type == "kafka"
+    }
+}
+
+#[test]
+fn repartition_needs_a_window_and_a_source_that_can_carry_it() {
+    let yaml = "
+sources:
+  k: { type: kafka }
+  g: { type: generator }
+pipelines:
+  ok:
+    source: k
+    key_by: [product]
+    window: { type: tumbling, size: 1m }
+    aggregates: [{ name: n, fn: count }]
+    sinks: [out]
+    repartition: true
+  generated:
+    source: g
+    key_by: [product]
+    window: { type: tumbling, size: 1m }
+    aggregates: [{ name: n, fn: count }]
+    sinks: [out]
+    repartition: true
+  passthrough:
+    source: k
+    select: [product]
+    sinks: [out]
+    repartition: true
+  typo:
+    source: k
+    key_by: [product]
+    window: { type: tumbling, size: 1m }
+    aggregates: [{ name: n, fn: count }]
+    sinks: [out]
+    repartition: sometimes
+sinks:
+  out: { type: console }
+";
+    let found = load_str_with_env(yaml, &Repartitioning, &no_env).expect_err("issues");
+    assert_issue(
+        &found,
+        "pipelines.generated.repartition",
+        "type `generator`",
+    );
+    assert_issue(
+        &found,
+        "pipelines.passthrough.repartition",
+        "needs a `window`",
+    );
+    assert_issue(&found, "pipelines.typo.repartition", "");
+    assert!(
+        !found.iter().any(|i| i.path.starts_with("pipelines.ok")),
+        "{}",
+        render(&found)
+    );
+
+    let ok = "
+sources:
+  k: { type: kafka }
+pipelines:
+  ok:
+    source: k
+    key_by: [product]
+    window: { type: tumbling, size: 1m }
+    aggregates: [{ name: n, fn: count }]
+    sinks: [out]
+    repartition: true
+sinks:
+  out: { type: console }
+";
+    let t = load_str_with_env(ok, &Repartitioning, &no_env).unwrap();
+    assert!(t.pipelines["ok"].repartition);
+    assert_eq!(t, derived(ok));
+    // A catalog without exchanges refuses it.
+    let found = load_str_with_env(ok, &AcceptAll, &no_env).expect_err("issues");
+    assert_issue(&found, "pipelines.ok.repartition", "kafka");
+    // Off by default.
+    assert!(!derived(MINIMAL).pipelines["p"].repartition);
+}
