@@ -274,8 +274,8 @@ fn repartitioned_fleet_survives_kill_9_and_matches_the_oracle() {
 
     let results_topic = format!("{prefix}-results");
     let mut running: BTreeMap<usize, Child> = BTreeMap::new();
-    for w in 0..3 {
-        running.insert(w, spawn_run(&workers[w].0, &[]));
+    for (w, (file, _)) in workers.iter().enumerate().take(3) {
+        running.insert(w, spawn_run(file, &[]));
     }
     // Kill one worker mid-run (its tasks hold stage-1 and stage-2 state and open
     // transactions) and start a replacement with empty state.
