@@ -14,5 +14,6 @@ cargo test --workspace "$@"
 # The Kafka tests that do not depend on read_committed again, on the second broker (Tansu), so
 # behaviour does not rest on one broker's quirks.
 echo "second Kafka-protocol broker: Tansu at $WEIR_TEST_TANSU" >&2
-WEIR_TEST_KAFKA="$WEIR_TEST_TANSU" cargo test -p weir-connectors --test kafka "$@" -- committed_positions
-WEIR_TEST_KAFKA="$WEIR_TEST_TANSU" cargo test --test kafka_produce "$@" -- produce_json delivery_failures
+# (`--workspace` keeps the dependency features of the main run: `-p` would rebuild RocksDB.)
+WEIR_TEST_KAFKA="$WEIR_TEST_TANSU" cargo test --workspace --test kafka "$@" -- committed_positions
+WEIR_TEST_KAFKA="$WEIR_TEST_TANSU" cargo test --workspace --test kafka_produce "$@" -- produce_json delivery_failures
