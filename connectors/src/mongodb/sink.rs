@@ -46,9 +46,6 @@ pub struct MongoSink {
     /// The epoch whose insert started and is not fenced yet: its documents may be partly
     /// there, so a retry deletes them first.
     unfenced: Option<Epoch>,
-    /// The fence as this process last wrote it, so a commit after a successful one needs no
-    /// read. Cleared whenever a commit fails, which makes the next one read the fence again.
-    written_fence: Option<Epoch>,
 }
 
 impl MongoSink {
@@ -84,7 +81,6 @@ impl MongoSink {
             ready: false,
             recovered: false,
             unfenced: None,
-            written_fence: None,
         })
     }
 
@@ -253,12 +249,7 @@ impl MongoSink {
 
     fn commit_documents(&mut self, epoch: Epoch, mut docs: Vec<Document>) -> Result<(), SinkError> {
         self.ensure_collection()?;
-        let fence = match self.written_fence.take() {
-            Some(fence) => fence,
-            None => self.read_fence()?,
-        };
-        if fence >= epoch {
-            self.written_fence = Some(fence);
+        if self.read_fence()? >= epoch {
             return Ok(());
         }
         // After `recover`, documents of an unfenced epoch exist only if this process started
@@ -291,7 +282,6 @@ impl MongoSink {
             .map_err(|e| self.error("inserting documents", &e))?;
         self.write_fence(epoch)?;
         self.unfenced = None;
-        self.written_fence = Some(epoch);
         tracing::debug!(sink = %self.name, epoch, documents = docs.len(), "committed");
         Ok(())
     }
@@ -561,7 +551,6 @@ impl Sink for MongoSink {
         }
         self.recovered = true;
         self.unfenced = None;
-        self.written_fence = None;
         Ok(())
     }
 
