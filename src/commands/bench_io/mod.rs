@@ -154,6 +154,24 @@ impl Selected {
         all
     }
 
+    /// The Redis or MongoDB section, if it is one.
+    fn core(self) -> Option<Section> {
+        match self {
+            Selected::Core(s) => Some(s),
+            #[cfg(feature = "kafka")]
+            Selected::Kafka(_) => None,
+        }
+    }
+
+    /// The Kafka section, if it is one.
+    #[cfg(feature = "kafka")]
+    fn kafka(self) -> Option<KafkaSection> {
+        match self {
+            Selected::Kafka(s) => Some(s),
+            Selected::Core(_) => None,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Selected::Core(s) => s.name(),
@@ -260,14 +278,7 @@ impl RunNames {
 /// Runs the selected sections (`--runs` times) and prints a table of rates and ratios.
 pub fn bench_io(args: BenchIoArgs) -> anyhow::Result<ExitCode> {
     let picked = selected(&args)?;
-    let sections: Vec<Section> = picked
-        .iter()
-        .filter_map(|s| match s {
-            Selected::Core(s) => Some(*s),
-            #[cfg(feature = "kafka")]
-            Selected::Kafka(_) => None,
-        })
-        .collect();
+    let sections: Vec<Section> = picked.iter().filter_map(|s| s.core()).collect();
     anyhow::ensure!(args.runs >= 1, "--runs must be at least 1");
     anyhow::ensure!(args.shards >= 1, "--shards must be at least 1");
     anyhow::ensure!(args.batch >= 1, "--batch must be at least 1");
@@ -294,13 +305,8 @@ pub fn bench_io(args: BenchIoArgs) -> anyhow::Result<ExitCode> {
         let mut latencies: Vec<LatencyMeasurement> = Vec::new();
         #[cfg(feature = "kafka")]
         {
-            let kafka_sections: Vec<KafkaSection> = picked
-                .iter()
-                .filter_map(|s| match s {
-                    Selected::Kafka(s) => Some(*s),
-                    Selected::Core(_) => None,
-                })
-                .collect();
+            let kafka_sections: Vec<KafkaSection> =
+                picked.iter().filter_map(|s| s.kafka()).collect();
             if let (false, Some(brokers)) = (kafka_sections.is_empty(), args.kafka.as_deref()) {
                 let (rates, times) = kafka::run(brokers, &args, &names, &kafka_sections)?;
                 measured.extend(rates);
