@@ -15,17 +15,14 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
+use common::kafka::*;
 use common::*;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{Offset, TopicPartitionList};
 use weir_connectors::generator::{GeneratorConfig, Shape};
-use weir_engine::oracle::{self, ResultMap};
+use weir_connectors::kafka::block_on;
+use weir_engine::oracle::ResultMap;
 
 const PARTITIONS: usize = 4;
 
@@ -59,41 +56,6 @@ sinks:
 state: {dir: "@DIR@/state"}
 checkpoint: {interval: 200ms}
 "#;
-
-fn kafka() -> String {
-    std::env::var("WEIR_TEST_KAFKA").unwrap_or_else(|_| {
-        panic!(
-            "WEIR_TEST_KAFKA is not set; start a broker with \
-             `eval \"$(scripts/services.sh start kafka)\"`"
-        )
-    })
-}
-
-fn client() -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", kafka());
-    c
-}
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    use std::sync::Arc;
-    use std::task::{Context, Poll, Wake, Waker};
-    struct W(std::thread::Thread);
-    impl Wake for W {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(W(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut f = std::pin::pin!(f);
-    loop {
-        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::park_timeout(Duration::from_millis(20));
-    }
-}
 
 /// Generates `count` events and produces them round-robin over the partitions of
 /// `<prefix>-events`, keyed by user (not by the grouping key). Each partition's lines, in
@@ -175,65 +137,6 @@ fn write_topology(dir: &Path, prefix: &str) -> (PathBuf, String) {
     (file, text)
 }
 
-/// Every record of `topic` a read_committed consumer sees.
-fn committed_records(topic: &str) -> Vec<serde_json::Value> {
-    let consumer: BaseConsumer = client()
-        .set("group.id", format!("{topic}-check"))
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true")
-        .create()
-        .unwrap();
-    let partitions = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .map(|m| m.topics().first().map_or(0, |t| t.partitions().len()))
-        .unwrap_or(0);
-    if partitions == 0 {
-        return Vec::new();
-    }
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p as i32, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
-    let mut out = Vec::new();
-    let mut eof = 0;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while eof < partitions && Instant::now() < deadline {
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                out.push(serde_json::from_slice(m.payload().unwrap_or_default()).unwrap())
-            }
-            Some(Err(KafkaError::PartitionEOF(_))) => eof += 1,
-            Some(Err(e)) => panic!("reading results: {e}"),
-            None => {}
-        }
-    }
-    out
-}
-
-fn sigterm(child: &mut Child) {
-    // SAFETY: signalling our own child process by its PID.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    let _ = child.wait();
-}
-
-/// Final results by window, and how many windows had more than one final result.
-fn finals(
-    results: &[serde_json::Value],
-    schema: &weir_engine::event::ResultSchema,
-) -> (ResultMap, usize) {
-    let finals: Vec<&serde_json::Value> = results
-        .iter()
-        .filter(|v| v["is_final"] == serde_json::Value::Bool(true))
-        .collect();
-    let map = oracle::last_results_from_json(finals.iter().copied(), schema);
-    let duplicates = finals.len() - map.len();
-    (map, duplicates)
-}
-
 #[test]
 #[ignore = "noida-db keeps the consumer group rebalancing and sometimes stalls it; run it with `cargo test --test <name> -- --ignored` (see the module doc)"]
 fn repartitioned_fleet_survives_kill_9_and_matches_the_oracle() {
@@ -287,7 +190,7 @@ fn repartitioned_fleet_survives_kill_9_and_matches_the_oracle() {
     running.insert(3, spawn_run(&workers[3].0, &[]));
 
     let started = Instant::now();
-    let (mut got, mut duplicates) = finals(&committed_records(&results_topic), &want.schema);
+    let (mut got, mut duplicates) = finals(&committed_results(&results_topic), &want.schema);
     while got.len() < want.results.len() && started.elapsed() < Duration::from_secs(600) {
         for (w, child) in running.iter_mut() {
             if let Some(status) = child.try_wait().unwrap() {
@@ -298,7 +201,7 @@ fn repartitioned_fleet_survives_kill_9_and_matches_the_oracle() {
             }
         }
         std::thread::sleep(Duration::from_secs(2));
-        (got, duplicates) = finals(&committed_records(&results_topic), &want.schema);
+        (got, duplicates) = finals(&committed_results(&results_topic), &want.schema);
     }
     eprintln!(
         "committed {} final results after {:?}",
@@ -309,7 +212,7 @@ fn repartitioned_fleet_survives_kill_9_and_matches_the_oracle() {
         sigterm(child);
     }
     // Late stragglers after the workers stopped would show up here.
-    let (got, duplicates_after) = finals(&committed_records(&results_topic), &want.schema);
+    let (got, duplicates_after) = finals(&committed_results(&results_topic), &want.schema);
     assert_eq!(
         duplicates.max(duplicates_after),
         0,
