@@ -10,18 +10,44 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use weir_engine::runtime::JobMetrics;
+use weir_engine::runtime::{FleetMetrics, JobMetrics};
+
+/// What the endpoints report: a job's metrics, or a fleet worker's.
+pub trait Endpoints: Send + Sync + 'static {
+    /// Whether `/ready` answers 200.
+    fn is_ready(&self) -> bool;
+    /// The `/metrics` body (Prometheus text format).
+    fn prometheus(&self) -> String;
+}
+
+impl Endpoints for JobMetrics {
+    fn is_ready(&self) -> bool {
+        JobMetrics::is_ready(self)
+    }
+    fn prometheus(&self) -> String {
+        JobMetrics::prometheus(self)
+    }
+}
+
+impl Endpoints for FleetMetrics {
+    fn is_ready(&self) -> bool {
+        FleetMetrics::is_ready(self)
+    }
+    fn prometheus(&self) -> String {
+        FleetMetrics::prometheus(self)
+    }
+}
 
 /// Binds `addr` and serves the endpoints from a background thread for the process lifetime.
 /// Returns the bound address (useful with port 0).
-pub fn serve(addr: &str, metrics: Arc<JobMetrics>) -> anyhow::Result<SocketAddr> {
+pub fn serve<M: Endpoints>(addr: &str, metrics: Arc<M>) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
     std::thread::Builder::new()
         .name("weir-http".into())
         .spawn(move || {
             for stream in listener.incoming().flatten() {
-                if let Err(e) = handle(stream, &metrics) {
+                if let Err(e) = handle(stream, &*metrics) {
                     tracing::debug!("http: {e}");
                 }
             }
@@ -30,7 +56,7 @@ pub fn serve(addr: &str, metrics: Arc<JobMetrics>) -> anyhow::Result<SocketAddr>
     Ok(local)
 }
 
-fn handle(stream: TcpStream, metrics: &JobMetrics) -> std::io::Result<()> {
+fn handle(stream: TcpStream, metrics: &dyn Endpoints) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut request_line = String::new();

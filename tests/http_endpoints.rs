@@ -100,3 +100,143 @@ checkpoint: {{interval: 100ms}}
     assert_eq!(metric(&metrics, "weir_ready"), Some(1.0), "{metrics}");
     assert_eq!(not_found, Some(404));
 }
+
+/// The sum of a labelled metric over its lines (`name{task="p0"} 3`, …).
+fn labelled_sum(body: &str, name: &str) -> f64 {
+    body.lines()
+        .filter(|l| l.starts_with(name) && l.as_bytes().get(name.len()) == Some(&b'{'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `/metrics` until `done` holds for the body (or 60 s pass); returns the last body.
+fn wait_for_metrics(port: u16, done: impl Fn(&str) -> bool) -> (bool, String) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        if let Some((200, body)) = get(port, "/metrics") {
+            if done(&body) {
+                return (true, body);
+            }
+            last = body;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    (false, last)
+}
+
+#[test]
+fn a_fleet_worker_serves_its_tasks_restores_and_per_task_metrics() {
+    let url = common::redis_url();
+    let dir = tempfile::tempdir().unwrap();
+    let p = format!("http-fleet-{}", std::process::id());
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut con = client.get_connection().unwrap();
+    // Two shards of events within one minute: every window stays open, so the state holds
+    // entries a restore must copy.
+    for i in 0..400u32 {
+        let user = format!("u{}", i % 10);
+        let shard = (i % 10) % 2;
+        let _: String = redis::cmd("XADD")
+            .arg(format!("{p}:events:{{{shard}}}"))
+            .arg("*")
+            .arg("payload")
+            .arg(
+                serde_json::json!({
+                    "user_id": user,
+                    "timestamp": format!("2026-01-01T00:00:{:02}Z", i % 60),
+                })
+                .to_string(),
+            )
+            .query(&mut con)
+            .unwrap();
+    }
+    let topology = dir.path().join("topology.yaml");
+    std::fs::write(
+        &topology,
+        format!(
+            r#"
+name: "{p}"
+sources:
+  events:
+    type: redis_streams
+    url: "{url}"
+    stream: "{p}:events"
+    shards: 2
+    start: earliest
+    event_time: {{field: timestamp, format: rfc3339}}
+pipelines:
+  counts:
+    source: events
+    key_by: [user_id]
+    window: {{type: tumbling, size: 1m}}
+    aggregates: [{{name: n, fn: count}}]
+    sinks: [out]
+sinks:
+  out: {{type: file, path: "{dir}/out.jsonl"}}
+fleet: {{type: redis, url: "{url}", lease_ttl: 1500ms, worker_id: w1}}
+state: {{dir: "{dir}/state"}}
+checkpoint: {{interval: 100ms}}
+"#,
+            dir = dir.path().display()
+        ),
+    )
+    .unwrap();
+    let spawn = |port: u16| {
+        weir()
+            .args(["run", "--no-status", "--http", &format!("127.0.0.1:{port}")])
+            .arg(&topology)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+
+    // First run: both tasks start, read every event and checkpoint it.
+    let port = free_port();
+    let mut child = spawn(port);
+    let (ok, body) = wait_for_metrics(port, |body| {
+        metric(body, "weir_fleet_tasks_running") == Some(2.0)
+            && labelled_sum(body, "weir_events_in_total") >= 400.0
+            && labelled_sum(body, "weir_open_windows") >= 10.0
+            && labelled_sum(body, "weir_epochs_committed_total") >= 4.0
+    });
+    let ready = get(port, "/ready").map(|r| r.0);
+    child.kill().unwrap(); // SIGKILL
+    let _ = child.wait();
+    assert!(ok, "the tasks never ran and checkpointed:\n{body}");
+    assert_eq!(ready, Some(200), "{body}");
+    assert!(body.contains("weir_events_in_total{task=\"p0\"}"), "{body}");
+    assert!(body.contains("weir_events_in_total{task=\"p1\"}"), "{body}");
+    assert!(
+        body.contains("# TYPE weir_fleet_restore_seconds_total counter"),
+        "{body}"
+    );
+
+    // Second run without the local state: both tasks are restored from their replicas.
+    std::fs::remove_dir_all(dir.path().join("state")).unwrap();
+    let port = free_port();
+    let mut child = spawn(port);
+    let (ok, body) = wait_for_metrics(port, |body| {
+        metric(body, "weir_fleet_restores_total") == Some(2.0)
+            && metric(body, "weir_fleet_tasks_running") == Some(2.0)
+    });
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert!(ok, "the tasks were never restored:\n{body}");
+    // Each task's three epoch entries, and its positions and open windows besides.
+    let entries = metric(&body, "weir_fleet_restored_entries_total").unwrap_or(0.0);
+    assert!(entries > 6.0, "restored {entries} entries:\n{body}");
+    assert!(
+        metric(&body, "weir_fleet_last_restore_seconds").is_some(),
+        "{body}"
+    );
+}

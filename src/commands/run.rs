@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::Args;
 use weir_connectors::Registry;
 use weir_engine::runtime::fleet::{run_worker, WorkerOptions};
-use weir_engine::runtime::{Connectors, Job, JobOptions};
+use weir_engine::runtime::{Connectors, FleetMetrics, Job, JobOptions};
 use weir_engine::topology::load_file;
 
 use super::validate::{report, INVALID_TOPOLOGY};
@@ -62,7 +62,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             lease_ttl: std::time::Duration::from_millis(fleet.lease_ttl.as_millis()),
             shards: args.shards,
             stop,
+            metrics: Arc::new(FleetMetrics::default()),
         };
+        if let Some(addr) = &args.http {
+            crate::http::serve(addr, options.metrics.clone())?;
+        }
         run_worker(&topology, Arc::new(Registry), backend, options).context("the worker failed")?;
         return Ok(ExitCode::SUCCESS);
     }

@@ -34,7 +34,7 @@ use weir_engine::runtime::fleet::{CheckpointReplica, FleetError};
 use weir_engine::state::{BatchOp, StateBatch, StateStore, Table};
 
 use super::client::SetDefault;
-use super::client::{is_fenced, is_retryable, REQUEST_TIMEOUT};
+use super::client::{drain, is_fenced, is_retryable, DRAIN_TIMEOUT, REQUEST_TIMEOUT};
 
 /// Marks a range-delete record key.
 const RANGE_MARK: u8 = 0xFF;
@@ -305,12 +305,17 @@ impl CheckpointReplica for ChangelogReplica {
         let mut chunked = BTreeMap::new();
         self.read(None, &mut |key, value, chunks| {
             match decode_record(key, value, chunks).map_err(FleetError::Fatal)? {
+                // Most logs hold no chunked value: skip building the lookup key then.
                 LogOp::Put(t, k, v) => {
-                    chunked.remove(&state_key(t, k));
+                    if !chunked.is_empty() {
+                        chunked.remove(&state_key(t, k));
+                    }
                     batch.put(t, k, v)
                 }
                 LogOp::Delete(t, k) => {
-                    chunked.remove(&state_key(t, k));
+                    if !chunked.is_empty() {
+                        chunked.remove(&state_key(t, k));
+                    }
                     batch.delete(t, k)
                 }
                 LogOp::DeleteRange(t, s, e) => {
@@ -366,6 +371,7 @@ impl CheckpointReplica for ChangelogReplica {
             .begin_transaction()
             .map_err(|e| fleet_error("begin a transaction", &e))?;
         let result = self.produce_batch(batch).and_then(|()| {
+            drain(&self.producer, DRAIN_TIMEOUT);
             self.producer
                 .commit_transaction(TXN_TIMEOUT)
                 .map_err(|e| fleet_error("commit the transaction", &e))

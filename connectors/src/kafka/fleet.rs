@@ -155,7 +155,10 @@ impl KafkaFleet {
             .set_default(
                 "heartbeat.interval.ms",
                 (config.session_timeout_ms / 4).max(100).to_string(),
-            );
+            )
+            // A worker joining or leaving moves only the partitions it takes or gives: the
+            // other tasks keep running instead of all stopping at every rebalance.
+            .set_default("partition.assignment.strategy", "cooperative-sticky");
         let member: BaseConsumer<MemberContext> = member_config
             .create_with_context(MemberContext {
                 shared: shared.clone(),

@@ -24,8 +24,8 @@ use weir_engine::runtime::{Sink, SinkEncoder, SinkError, SinkScope};
 
 use super::client::SetDefault;
 use super::client::{
-    client_config, ensure_topic, is_fenced, partition_counts, TopicError, TopicSpec,
-    REQUEST_TIMEOUT,
+    client_config, drain, ensure_topic, is_fenced, partition_counts, TopicError, TopicSpec,
+    DRAIN_TIMEOUT, REQUEST_TIMEOUT,
 };
 use super::config::KafkaSinkConfig;
 
@@ -409,6 +409,7 @@ impl KafkaSink {
         producer
             .send_offsets_to_transaction(&fence, &group, TXN_TIMEOUT)
             .map_err(|e| self.error("add the epoch fence to the transaction", &e))?;
+        drain(producer, DRAIN_TIMEOUT);
         producer
             .commit_transaction(TXN_TIMEOUT)
             .map_err(|e| self.error("commit the transaction", &e))

@@ -23,18 +23,26 @@
 //! # Exactly once
 //!
 //! Fences live in the database's `weir_fences` collection: `{_id: "<job>/<sink>/<task>",
-//! epoch}`. Committing epoch E does nothing when the fence is at E or later. Otherwise:
+//! epoch, holder}`.
 //!
 //! - `timeseries`/`events`: documents carry `<meta>.weir: {job, sink, task, epoch}` (in the
-//!   meta field so time-series deletes by meta filter work); what a failed attempt at E left is
-//!   deleted, the documents are inserted (unordered), then the fence is set to E.
+//!   meta field so time-series deletes by meta filter work).
 //!   [`Sink::recover`](weir_engine::runtime::Sink::recover) deletes this task's documents of
-//!   epochs after the last committed one and moves the fence back to it.
+//!   epochs after the last committed one and claims the fence: it sets the epoch to the
+//!   committed one and `holder` to an id of its own. Committing epoch E then does nothing when
+//!   this instance already applied E; otherwise it deletes what a failed attempt at E left and
+//!   inserts the documents (unordered). Alongside that insert, in parallel, it moves the fence
+//!   to the epoch it applied before, only while `holder` is still its own. So a commit costs
+//!   one round trip, and the fence trails the sink by at most one epoch. A process whose task
+//!   was taken over (a zombie) finds the fence claimed by the new owner and stops with a fatal
+//!   error. Without transactions, documents it inserted after the new owner's recovery may
+//!   remain as duplicates; none are lost.
 //! - `rollup`: `$inc`/`$push` are not idempotent, so each document keeps
 //!   `weir_applied.<job>/<sink>/<task>: E` and is updated only while that is missing or below E
 //!   (filter `{_id, weir_applied.<…>: {$not: {$gte: E}}}`, upsert); where it is not, the
 //!   upsert's insert fails with a duplicate key, which means "already applied".
-//!   After all updates the fence is set to E.
+//!   Committing epoch E does nothing when the fence is at E or later; after all updates the
+//!   fence is set to E.
 //!
 //! Connection loss and an unavailable server are [`SinkError::Retryable`]; invalid options,
 //! an existing collection with other options, and rejected writes are [`SinkError::Fatal`].

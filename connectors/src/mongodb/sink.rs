@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{doc, Bson, DateTime, Document, RawArrayBuf, RawBson, RawDocumentBuf};
 use mongodb::options::ClientOptions;
 use mongodb::sync::{Client, Collection, Database};
@@ -43,9 +44,16 @@ pub struct MongoSink {
     ready: bool,
     /// `recover` ran: no document tagged above the fence is left except by this process.
     recovered: bool,
-    /// The epoch whose insert started and is not fenced yet: its documents may be partly
+    /// The epoch whose insert started and did not finish: its documents may be partly
     /// there, so a retry deletes them first.
     unfenced: Option<Epoch>,
+    /// This instance's claim on the fence document (`timeseries`/`events`): set by `recover`;
+    /// a fence write that no longer finds it means a newer owner of the task took over.
+    holder: ObjectId,
+    /// The last epoch this instance knows applied (`timeseries`/`events`).
+    applied: Epoch,
+    /// An applied epoch not yet written to the fence; written alongside the next insert.
+    fence_behind: Option<Epoch>,
 }
 
 impl MongoSink {
@@ -81,6 +89,9 @@ impl MongoSink {
             ready: false,
             recovered: false,
             unfenced: None,
+            holder: ObjectId::new(),
+            applied: 0,
+            fence_behind: None,
         })
     }
 
@@ -126,6 +137,44 @@ impl MongoSink {
             .upsert(true)
             .run()
             .map_err(|e| self.error("writing the fence", &e))?;
+        Ok(())
+    }
+
+    /// Makes this instance the fence's holder at `epoch` (`timeseries`/`events` recovery).
+    fn claim_fence(&self, epoch: Epoch) -> Result<(), SinkError> {
+        self.fences
+            .update_one(
+                doc! { "_id": &self.owner },
+                doc! { "$set": {
+                    "epoch": epoch_bson(epoch)?,
+                    "holder": self.holder,
+                    "updated_at": DateTime::now(),
+                } },
+            )
+            .upsert(true)
+            .run()
+            .map_err(|e| self.error("claiming the fence", &e))?;
+        Ok(())
+    }
+
+    /// Moves the fence to `epoch` while this instance still holds it; a fatal error when a
+    /// newer owner of the task claimed it (this one must stop).
+    fn advance_claimed_fence(&self, epoch: Epoch) -> Result<(), SinkError> {
+        let result = self
+            .fences
+            .update_one(
+                doc! { "_id": &self.owner, "holder": self.holder },
+                doc! { "$set": { "epoch": epoch_bson(epoch)?, "updated_at": DateTime::now() } },
+            )
+            .run()
+            .map_err(|e| self.error("writing the fence", &e))?;
+        if result.matched_count == 0 {
+            return Err(self.fatal(format!(
+                "the fence `{}` in {}.{FENCE_COLLECTION} was claimed by another process (a newer \
+                 owner of this task); this one stops",
+                self.owner, self.config.database
+            )));
+        }
         Ok(())
     }
 
@@ -248,13 +297,17 @@ impl MongoSink {
     }
 
     fn commit_documents(&mut self, epoch: Epoch, mut docs: Vec<Document>) -> Result<(), SinkError> {
-        self.ensure_collection()?;
-        if self.read_fence()? >= epoch {
+        if !self.recovered {
+            // Committing E means every epoch before it was committed.
+            self.recover(Some(epoch.saturating_sub(1)))?;
+        }
+        // Since `recover` this instance holds the fence, so it alone knows what was applied.
+        if epoch <= self.applied {
             return Ok(());
         }
-        // After `recover`, documents of an unfenced epoch exist only if this process started
-        // inserting them; sparing the delete otherwise keeps a commit one insert.
-        if !self.recovered || self.unfenced == Some(epoch) {
+        // After `recover`, documents of an epoch above `applied` exist only if this instance
+        // started inserting them; sparing the delete otherwise keeps a commit one insert.
+        if self.unfenced == Some(epoch) {
             self.collection
                 .delete_many(self.tag_filter(epoch_bson(epoch)?))
                 .run()
@@ -275,13 +328,34 @@ impl MongoSink {
             }
         }
         self.unfenced = Some(epoch);
-        self.collection
-            .insert_many(&docs)
-            .ordered(false)
-            .run()
-            .map_err(|e| self.error("inserting documents", &e))?;
-        self.write_fence(epoch)?;
+        // The fence trails by one epoch: the previous epoch's fence write runs alongside this
+        // insert, so a commit costs one round trip. The fence only guards ownership and
+        // replaced state; what was applied is the engine's committed epoch, and `recover`
+        // deletes everything tagged after it.
+        let this = &*self;
+        let (inserted, fenced) = std::thread::scope(|scope| {
+            let fence = this
+                .fence_behind
+                .map(|behind| scope.spawn(move || this.advance_claimed_fence(behind)));
+            let inserted = this
+                .collection
+                .insert_many(&docs)
+                .ordered(false)
+                .run()
+                .map_err(|e| this.error("inserting documents", &e));
+            let fenced = match fence.map(|f| f.join()) {
+                None => Ok(()),
+                Some(Ok(result)) => result,
+                Some(Err(_)) => Err(this.fatal("the fence write panicked".into())),
+            };
+            (inserted, fenced)
+        });
+        fenced?;
+        self.fence_behind = None;
+        inserted?;
         self.unfenced = None;
+        self.applied = epoch;
+        self.fence_behind = Some(epoch);
         tracing::debug!(sink = %self.name, epoch, documents = docs.len(), "committed");
         Ok(())
     }
@@ -545,19 +619,28 @@ impl Sink for MongoSink {
                     "removed documents of unconfirmed epochs"
                 );
             }
-            if fence > committed {
-                self.write_fence(committed)?;
-            }
+            // A previous holder still running (a zombie) fails its next fence write.
+            self.claim_fence(committed)?;
         }
         self.recovered = true;
         self.unfenced = None;
+        self.applied = committed;
+        self.fence_behind = None;
         Ok(())
     }
 
-    /// Applies epoch `epoch` once: nothing when the fence already holds it (or a later one);
-    /// otherwise inserts the documents (after deleting a failed attempt's) or applies the
-    /// rollup updates (skipping documents that already hold the epoch), then advances the
-    /// fence. Server unavailability is retryable; a corrupt staging or a rejected write is not.
+    /// Applies epoch `epoch` once.
+    ///
+    /// `timeseries`/`events`: nothing when this instance applied it (or a later one) since
+    /// `recover`; otherwise inserts the documents (after deleting a failed attempt's) while
+    /// moving the fence to the previous applied epoch; fatal when another process claimed the
+    /// fence. Without an earlier `recover`, it first recovers as if `epoch - 1` were the last
+    /// committed epoch.
+    ///
+    /// `rollup`: nothing when the fence holds the epoch; otherwise applies the updates
+    /// (skipping documents that already hold the epoch), then advances the fence.
+    ///
+    /// Server unavailability is retryable; a corrupt staging or a rejected write is not.
     fn commit(&mut self, epoch: Epoch, staged: &[u8]) -> Result<(), SinkError> {
         let docs = split_documents(staged)
             .map_err(|e| self.fatal(format!("corrupt staged outputs of epoch {epoch}: {e}")))?;

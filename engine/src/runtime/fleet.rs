@@ -25,6 +25,7 @@ use crate::state::{RocksStateStore, StateBatch, StateStore};
 use crate::topology::Topology;
 
 use super::job::{Connectors, Job, JobOptions};
+use super::metrics::FleetMetrics;
 use super::source::PartitionSelection;
 use super::JobError;
 
@@ -128,6 +129,8 @@ pub struct WorkerOptions {
     pub shards: Option<u32>,
     /// Set to leave gracefully: every task commits a last epoch and releases its lease.
     pub stop: Arc<AtomicBool>,
+    /// Where the worker reports its tasks, restores and each task's job metrics.
+    pub metrics: Arc<FleetMetrics>,
 }
 
 /// The id of the task reading partition `index`.
@@ -257,8 +260,7 @@ pub fn run_worker(
                 }
                 match backend.acquire(&task_id(p), &options.worker_id, ttl) {
                     Ok(Some(token)) => {
-                        let task =
-                            start_task(topology, &connectors, &*backend, p, &token, &options);
+                        let task = start_task(topology, &connectors, &backend, p, &token, &options);
                         match task {
                             Ok(t) => {
                                 running.insert(p, t);
@@ -310,33 +312,52 @@ fn stop_task(backend: &dyn FleetBackend, partition: u32, task: RunningTask) {
 fn start_task(
     topology: &Topology,
     connectors: &Arc<dyn Connectors + Send + Sync>,
-    backend: &dyn FleetBackend,
+    backend: &Arc<dyn FleetBackend>,
     partition: u32,
     token: &str,
     options: &WorkerOptions,
 ) -> Result<RunningTask, JobError> {
     let task = task_id(partition);
-    let replica = backend.replica(&task, token).map_err(fleet_to_job)?;
-    let dir = task_state_dir(Path::new(&topology.state.dir), &task);
-    prepare_local_state(&dir, replica.as_ref(), &task)?;
     let stop = Arc::new(AtomicBool::new(false));
-    let job_options = JobOptions {
-        shards: options.shards,
-        stop: stop.clone(),
-        selection: PartitionSelection::Only(vec![partition]),
-        task: Some(task.clone()),
-        state_dir: Some(dir),
-        replica: Some(replica),
-    };
     let topology = topology.clone();
     let connectors = connectors.clone();
     let finished = Arc::new(AtomicBool::new(false));
     let finished_flag = finished.clone();
+    let (thread_backend, thread_task, thread_token) =
+        (backend.clone(), task.clone(), token.to_string());
+    let (shards, thread_stop, metrics) = (options.shards, stop.clone(), options.metrics.clone());
+    // Opening the replica and restoring state run on the task's thread: they can take seconds,
+    // and the worker loop must keep heartbeating (a Kafka group member that stops polling is
+    // dropped from the group, which rebalances every worker).
     let thread = std::thread::Builder::new()
         .name(format!("weir-task-{task}"))
         .spawn(move || {
-            let result = Job::build(&topology, connectors.as_ref(), job_options)
-                .and_then(|job| job.run().map(drop));
+            metrics.tasks_started.fetch_add(1, Ordering::Relaxed);
+            metrics.tasks_running.fetch_add(1, Ordering::Relaxed);
+            let result = open_task(
+                &topology,
+                &*thread_backend,
+                &thread_task,
+                &thread_token,
+                &metrics,
+            )
+            .and_then(|(replica, dir)| {
+                let job_options = JobOptions {
+                    shards,
+                    stop: thread_stop,
+                    selection: PartitionSelection::Only(vec![partition]),
+                    task: Some(thread_task.clone()),
+                    state_dir: Some(dir),
+                    replica: Some(replica),
+                };
+                Job::build(&topology, connectors.as_ref(), job_options)
+            })
+            .and_then(|job| {
+                metrics.add_task(&thread_task, job.metrics());
+                job.run().map(drop)
+            });
+            metrics.remove_task(&thread_task);
+            metrics.tasks_running.fetch_sub(1, Ordering::Relaxed);
             finished_flag.store(true, Ordering::Release);
             result
         })
@@ -356,12 +377,28 @@ fn start_task(
     })
 }
 
+/// Opens `task`'s replica under the lease `token` and makes its local state directory hold
+/// the replica's state; returns both.
+fn open_task(
+    topology: &Topology,
+    backend: &dyn FleetBackend,
+    task: &str,
+    token: &str,
+    metrics: &FleetMetrics,
+) -> Result<(Arc<dyn CheckpointReplica>, PathBuf), JobError> {
+    let replica = backend.replica(task, token).map_err(fleet_to_job)?;
+    let dir = task_state_dir(Path::new(&topology.state.dir), task);
+    prepare_local_state(&dir, replica.as_ref(), task, metrics)?;
+    Ok((replica, dir))
+}
+
 /// Makes `dir` hold the replica's state: the local store is reused when it is at the same
 /// epochs as the replica (this worker held the task last), else rebuilt from the replica.
 fn prepare_local_state(
     dir: &Path,
     replica: &dyn CheckpointReplica,
     task: &str,
+    metrics: &FleetMetrics,
 ) -> Result<(), JobError> {
     let remote = replica.progress().map_err(fleet_to_job)?;
     if dir.exists() {
@@ -380,10 +417,12 @@ fn prepare_local_state(
     let store = RocksStateStore::open(dir)?;
     let entries = replica.restore(&store).map_err(fleet_to_job)?;
     store.flush()?;
+    let restore_ms = started.elapsed().as_millis() as u64;
+    metrics.record_restore(entries, restore_ms);
     tracing::info!(
         task,
         entries,
-        restore_ms = started.elapsed().as_millis() as u64,
+        restore_ms,
         ?remote,
         "state restored from the replica"
     );

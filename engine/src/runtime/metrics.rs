@@ -3,6 +3,12 @@
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 
+const COUNTER: &str = "counter";
+const GAUGE: &str = "gauge";
+
+/// One metric: name, Prometheus type, help text, value.
+type Sample = (&'static str, &'static str, &'static str, String);
+
 /// Live counters of a running job. All are monotone except the gauges noted.
 #[derive(Debug)]
 pub struct JobMetrics {
@@ -110,10 +116,18 @@ impl JobMetrics {
 
     /// The counters in the Prometheus text exposition format.
     pub fn prometheus(&self) -> String {
-        const COUNTER: &str = "counter";
-        const GAUGE: &str = "gauge";
+        self.samples()
+            .iter()
+            .map(|(name, kind, help, value)| {
+                format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n")
+            })
+            .collect()
+    }
+
+    /// Every metric as (name, type, help, value).
+    fn samples(&self) -> Vec<Sample> {
         let m = self.snapshot();
-        let mut metrics: Vec<(&str, &str, &str, String)> = vec![
+        let mut metrics: Vec<Sample> = vec![
             (
                 "weir_events_in_total",
                 COUNTER,
@@ -190,16 +204,127 @@ impl JobMetrics {
             ));
         }
         metrics
-            .iter()
-            .map(|(name, kind, help, value)| {
-                format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n")
-            })
-            .collect()
     }
 
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         if n > 0 {
             counter.fetch_add(n, Ordering::Relaxed);
         }
+    }
+}
+
+/// Counters of a fleet worker, and the job metrics of each task it runs, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct FleetMetrics {
+    /// Gauge: tasks running on this worker.
+    pub tasks_running: AtomicU64,
+    /// Tasks started on this worker (each after acquiring a partition).
+    pub tasks_started: AtomicU64,
+    /// Local states rebuilt from a task's replica (the local copy was missing or stale).
+    pub restores: AtomicU64,
+    /// State entries copied by those restores.
+    pub restored_entries: AtomicU64,
+    /// Time spent in those restores, in ms.
+    pub restore_ms: AtomicU64,
+    /// Gauge: duration of the last restore, in ms.
+    pub last_restore_ms: AtomicU64,
+    /// Each running task's job metrics, by task id.
+    tasks: Mutex<std::collections::BTreeMap<String, std::sync::Arc<JobMetrics>>>,
+}
+
+impl FleetMetrics {
+    /// Records a restore of `entries` state entries that took `ms`.
+    pub fn record_restore(&self, entries: u64, ms: u64) {
+        JobMetrics::add(&self.restores, 1);
+        JobMetrics::add(&self.restored_entries, entries);
+        JobMetrics::add(&self.restore_ms, ms);
+        self.last_restore_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Shows `metrics` as task `task`'s job metrics until [`FleetMetrics::remove_task`].
+    pub fn add_task(&self, task: &str, metrics: std::sync::Arc<JobMetrics>) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        tasks.insert(task.to_string(), metrics);
+    }
+
+    /// Stops showing task `task`'s job metrics.
+    pub fn remove_task(&self, task: &str) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        tasks.remove(task);
+    }
+
+    /// Ready while at least one task runs and every running task is ready.
+    pub fn is_ready(&self) -> bool {
+        let tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        !tasks.is_empty() && tasks.values().all(|t| t.is_ready())
+    }
+
+    /// The worker's counters, then each task's job metrics labelled `task="<id>"`, in the
+    /// Prometheus text exposition format.
+    pub fn prometheus(&self) -> String {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed).to_string();
+        let worker: Vec<Sample> = vec![
+            (
+                "weir_fleet_tasks_running",
+                GAUGE,
+                "Tasks running on this worker.",
+                load(&self.tasks_running),
+            ),
+            (
+                "weir_fleet_tasks_started_total",
+                COUNTER,
+                "Tasks started on this worker.",
+                load(&self.tasks_started),
+            ),
+            (
+                "weir_fleet_restores_total",
+                COUNTER,
+                "Local task states rebuilt from their replica.",
+                load(&self.restores),
+            ),
+            (
+                "weir_fleet_restored_entries_total",
+                COUNTER,
+                "State entries copied from replicas.",
+                load(&self.restored_entries),
+            ),
+            (
+                "weir_fleet_restore_seconds_total",
+                COUNTER,
+                "Time spent restoring task states from their replicas.",
+                (self.restore_ms.load(Ordering::Relaxed) as f64 / 1e3).to_string(),
+            ),
+            (
+                "weir_fleet_last_restore_seconds",
+                GAUGE,
+                "Duration of the last restore of a task state.",
+                (self.last_restore_ms.load(Ordering::Relaxed) as f64 / 1e3).to_string(),
+            ),
+        ];
+        let mut out: String = worker
+            .iter()
+            .map(|(name, kind, help, value)| {
+                format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n")
+            })
+            .collect();
+        let tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        let per_task: Vec<(&String, Vec<Sample>)> =
+            tasks.iter().map(|(id, m)| (id, m.samples())).collect();
+        let mut names: Vec<(&str, &str, &str)> = Vec::new();
+        for (name, kind, help, _) in per_task.iter().flat_map(|(_, samples)| samples) {
+            if !names.iter().any(|n| n.0 == *name) {
+                names.push((*name, *kind, *help));
+            }
+        }
+        // One HELP/TYPE block per metric name, one labelled line per task that has it.
+        for (name, kind, help) in names {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            for (task, samples) in &per_task {
+                if let Some((_, _, _, value)) = samples.iter().find(|s| s.0 == name) {
+                    out.push_str(&format!("{name}{{task=\"{task}\"}} {value}\n"));
+                }
+            }
+        }
+        out
     }
 }

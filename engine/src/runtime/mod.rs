@@ -24,7 +24,7 @@ mod source_task;
 mod staging;
 
 pub use job::{Connectors, Job, JobOptions, JobSummary};
-pub use metrics::{JobMetrics, MetricsSnapshot};
+pub use metrics::{FleetMetrics, JobMetrics, MetricsSnapshot};
 pub use operator::Operator;
 pub use sink::{Sink, SinkEncoder, SinkError, SinkScope};
 pub use source::{
