@@ -138,7 +138,6 @@ fn write_topology(dir: &Path, prefix: &str) -> (PathBuf, String) {
 }
 
 #[test]
-#[ignore = "noida-db keeps the consumer group rebalancing and sometimes stalls it; run it with `cargo test --test <name> -- --ignored` (see the module doc)"]
 fn repartitioned_fleet_survives_kill_9_and_matches_the_oracle() {
     let events: u64 = std::env::var("WEIR_KAFKA_REPARTITION_EVENTS")
         .ok()
