@@ -666,3 +666,39 @@ fn config_errors_name_their_paths() {
         issues[0].message
     );
 }
+
+#[test]
+fn documents_staged_without_an_epoch_placeholder_are_tagged_at_commit() {
+    // An earlier version staged documents without the tag; a prepared epoch of such a
+    // staging is committed after an upgrade.
+    let (_client, db, name) = fresh_db("untagged");
+    let config = config(&name, serde_json::json!({"mode": "timeseries"}));
+    let mut sink = open(&config, "main");
+    sink.recover(None).unwrap();
+    let mut staged = Vec::new();
+    for user in ["u1", "u2"] {
+        doc! {
+            "ts": DateTime::from_millis(60_000),
+            "meta": {"user": user, "pipeline": "per_user"},
+            "n": 1_i64,
+        }
+        .to_writer(&mut staged)
+        .unwrap();
+    }
+    sink.commit(1, &staged).unwrap();
+    let docs = all(
+        &db,
+        "out",
+        doc! {"meta.weir.epoch": 1_i64, "meta.weir.task": "main"},
+    );
+    assert_eq!(docs.len(), 2, "{docs:?}");
+
+    // A document without the meta field cannot be tagged: a clear error, nothing inserted.
+    let mut bad = Vec::new();
+    doc! {"ts": DateTime::from_millis(60_000), "n": 1_i64}
+        .to_writer(&mut bad)
+        .unwrap();
+    let err = sink.commit(2, &bad).unwrap_err();
+    assert!(err.to_string().contains("lacks its meta field"), "{err}");
+    assert_eq!(count(&db), 2);
+}

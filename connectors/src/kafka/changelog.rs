@@ -34,7 +34,9 @@ use weir_engine::runtime::fleet::{CheckpointReplica, FleetError};
 use weir_engine::state::{BatchOp, StateBatch, StateStore, Table};
 
 use super::client::SetDefault;
-use super::client::{drain, is_fenced, is_retryable, DRAIN_TIMEOUT, REQUEST_TIMEOUT};
+use super::client::{
+    drain, is_fenced, is_retryable, EofAwareContext, DRAIN_TIMEOUT, REQUEST_TIMEOUT,
+};
 
 /// Marks a range-delete record key.
 const RANGE_MARK: u8 = 0xFF;
@@ -206,9 +208,9 @@ impl ChangelogReplica {
         from_end: Option<i64>,
         visit: &mut RecordVisitor<'_>,
     ) -> Result<(i64, i64), FleetError> {
-        let consumer: BaseConsumer = self
+        let consumer: BaseConsumer<EofAwareContext> = self
             .reader_config
-            .create()
+            .create_with_context(EofAwareContext)
             .map_err(|e| FleetError::Fatal(format!("changelog reader: {e}")))?;
         let (low, high) = consumer
             .fetch_watermarks(&self.topic, self.partition, REQUEST_TIMEOUT)

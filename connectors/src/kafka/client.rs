@@ -8,9 +8,9 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, Producer};
 
@@ -28,6 +28,21 @@ pub(crate) fn client_config(brokers: &str, settings: &BTreeMap<String, String>) 
     }
     config
 }
+
+/// The context of readers that set `enable.partition.eof`: librdkafka also reports each end
+/// of partition to the client's error callback, which by default logs it as an error; the
+/// readers see it from `poll` and handle it, so it is dropped here. Other errors are logged.
+pub(crate) struct EofAwareContext;
+
+impl ClientContext for EofAwareContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF) {
+            tracing::error!(%error, reason, "librdkafka error");
+        }
+    }
+}
+
+impl ConsumerContext for EofAwareContext {}
 
 /// How long [`drain`] waits for outstanding deliveries before leaving them to the commit.
 pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);

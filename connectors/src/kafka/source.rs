@@ -22,7 +22,9 @@ use weir_engine::runtime::{
 };
 
 use super::client::SetDefault;
-use super::client::{client_config, is_retryable, partition_counts, TopicError, REQUEST_TIMEOUT};
+use super::client::{
+    client_config, is_retryable, partition_counts, EofAwareContext, TopicError, REQUEST_TIMEOUT,
+};
 use super::config::{KafkaSourceConfig, StartFrom};
 use super::decode::MessageDecoder;
 use super::offsets;
@@ -85,7 +87,7 @@ pub struct KafkaPartition {
     group: String,
     topic: String,
     partition: i32,
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<EofAwareContext>,
     decoder: MessageDecoder,
     start: StartFrom,
     end_at_tail: bool,
@@ -108,8 +110,8 @@ impl KafkaPartition {
         topic: String,
         partition: i32,
     ) -> Result<Self, SourceError> {
-        let consumer: BaseConsumer = consumer_config(config)
-            .create()
+        let consumer: BaseConsumer<EofAwareContext> = consumer_config(config)
+            .create_with_context(EofAwareContext)
             .map_err(|e| SourceError::Fatal(format!("cannot create a Kafka consumer: {e}")))?;
         let decoder = MessageDecoder::new(config.format, config.avro.as_ref(), ctx)?;
         Ok(KafkaPartition {

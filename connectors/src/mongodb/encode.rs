@@ -184,21 +184,37 @@ impl DocumentShape {
 /// Encodes outputs as the documents `timeseries` and `events` sinks insert.
 pub(crate) struct DocumentEncoder {
     shape: DocumentShape,
+    /// Appended to each document's meta field as `weir`: the sink's epoch tag with epoch 0,
+    /// its last field, which the commit overwrites in place (see [`EPOCH_PLACEHOLDER`]).
+    tag: Option<Document>,
     scratch: Vec<u8>,
 }
 
+/// The epoch a [`DocumentEncoder`] writes into each tag; the commit stamps the real one.
+pub(crate) const EPOCH_PLACEHOLDER: i64 = 0;
+
 impl DocumentEncoder {
-    pub(crate) fn new(shape: DocumentShape) -> Self {
+    /// An encoder whose documents carry `tag` (ending with `epoch: EPOCH_PLACEHOLDER`) in
+    /// their meta field; `None` stages untagged documents.
+    pub(crate) fn new(shape: DocumentShape, tag: Option<Document>) -> Self {
         DocumentEncoder {
             shape,
+            tag,
             scratch: Vec::new(),
         }
+    }
+
+    fn tagged(&self, mut doc: Document) -> Document {
+        if let (Some(tag), Ok(meta)) = (&self.tag, doc.get_document_mut(&*self.shape.meta_field)) {
+            meta.insert("weir", tag.clone());
+        }
+        doc
     }
 }
 
 impl SinkEncoder for DocumentEncoder {
     fn encode(&mut self, output: &Output, staged: &mut Vec<u8>) {
-        let doc = self.shape.document(output);
+        let doc = self.tagged(self.shape.document(output));
         if !stage(&doc, &mut self.scratch, staged) {
             // Only a field name with a NUL byte gets here; keep a trace of the output rather
             // than dropping it.
@@ -216,6 +232,7 @@ impl SinkEncoder for DocumentEncoder {
                 "json",
                 output.to_json().to_string().replace('\0', "\u{fffd}"),
             );
+            let fallback = self.tagged(fallback);
             stage(&fallback, &mut self.scratch, staged);
         }
     }
@@ -494,10 +511,10 @@ mod tests {
     fn staged_documents_split_back_across_shards() {
         let mut shard_a = Vec::new();
         let mut shard_b = Vec::new();
-        let mut enc = DocumentEncoder::new(shape());
+        let mut enc = DocumentEncoder::new(shape(), None);
         enc.encode(&result(true), &mut shard_a);
         enc.encode(&event("u1", "view", Value::Int(1), 1), &mut shard_a);
-        let mut enc = DocumentEncoder::new(shape());
+        let mut enc = DocumentEncoder::new(shape(), None);
         enc.encode(&event("u2", "buy", Value::Null, 2), &mut shard_b);
         let staged = [shard_a, shard_b].concat();
         let docs = split_documents(&staged).unwrap();

@@ -4,14 +4,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mongodb::bson::oid::ObjectId;
-use mongodb::bson::{doc, Bson, DateTime, Document, RawArrayBuf, RawBson, RawDocumentBuf};
+use mongodb::bson::{
+    doc, Bson, DateTime, Document, RawArrayBuf, RawBson, RawDocument, RawDocumentBuf,
+};
 use mongodb::options::ClientOptions;
 use mongodb::sync::{Client, Collection, Database};
 use weir_engine::checkpoint::Epoch;
 use weir_engine::runtime::{Sink, SinkEncoder, SinkError, SinkScope};
 
 use super::config::{MongoSinkConfig, MongoSinkMode, TimeseriesConfig, FENCE_COLLECTION};
-use super::encode::{split_documents, DocumentEncoder, DocumentShape, RollupEncoder, RollupShape};
+use super::encode::{
+    split_documents, DocumentEncoder, DocumentShape, RollupEncoder, RollupShape, EPOCH_PLACEHOLDER,
+};
 use super::rollup::{applied_field, rollup_updates};
 use super::{is_duplicate_key, is_retryable_code, sink_error};
 
@@ -37,6 +41,8 @@ pub struct MongoSink {
     owner: String,
     db: Database,
     collection: Collection<Document>,
+    /// The same collection, for inserting staged documents as they are.
+    raw_collection: Collection<RawDocumentBuf>,
     fences: Collection<Document>,
     time_field: Arc<str>,
     meta_field: Arc<str>,
@@ -81,6 +87,7 @@ impl MongoSink {
             owner: format!("{}/{name}/{}", scope.job, scope.task),
             scope: scope.clone(),
             collection: db.collection(&config.collection),
+            raw_collection: db.collection(&config.collection),
             fences: db.collection(FENCE_COLLECTION),
             db,
             time_field: config.time_field().into(),
@@ -176,6 +183,83 @@ impl MongoSink {
             )));
         }
         Ok(())
+    }
+
+    /// The epoch tag of this (job, sink, task) at `epoch`; `epoch` is its last field.
+    fn tag(&self, epoch: i64) -> Document {
+        doc! {
+            "job": &self.scope.job,
+            "sink": &self.name,
+            "task": &self.scope.task,
+            "epoch": epoch,
+        }
+    }
+
+    /// The staged documents with `epoch` written over the placeholder their encoder left in
+    /// each tag, without decoding them; `None` when one has no placeholder (staged by an
+    /// earlier version), for the caller to tag decoded documents instead.
+    fn stamp_epoch(
+        &self,
+        staged: &[u8],
+        epoch: Epoch,
+    ) -> Result<Option<Vec<RawDocumentBuf>>, SinkError> {
+        let corrupt =
+            |e: String| self.fatal(format!("corrupt staged outputs of epoch {epoch}: {e}"));
+        let stamp = i64::try_from(epoch)
+            .map_err(|_| self.fatal(format!("epoch {epoch} does not fit a BSON int64")))?
+            .to_le_bytes();
+        let mut docs = Vec::new();
+        let mut rest = staged;
+        while !rest.is_empty() {
+            let len = rest
+                .first_chunk::<4>()
+                .and_then(|b| usize::try_from(i32::from_le_bytes(*b)).ok())
+                .filter(|l| *l >= 5 && *l <= rest.len())
+                .ok_or_else(|| corrupt("invalid document length".into()))?;
+            let (frame, tail) = rest.split_at(len);
+            rest = tail;
+            let raw = RawDocument::from_bytes(frame).map_err(|e| corrupt(e.to_string()))?;
+            let tag = raw
+                .get_document(&*self.meta_field)
+                .ok()
+                .and_then(|meta| meta.get_document("weir").ok());
+            // The tag ends with `0x12 "epoch\0" <int64> 0x00`.
+            let Some(tag) = tag.map(RawDocument::as_bytes).filter(|t| {
+                t.len() >= 17
+                    && t[t.len() - 16] == 0x12
+                    && &t[t.len() - 15..t.len() - 9] == b"epoch\0"
+                    && t[t.len() - 9..t.len() - 1] == EPOCH_PLACEHOLDER.to_le_bytes()
+            }) else {
+                return Ok(None);
+            };
+            let at = tag.as_ptr() as usize - frame.as_ptr() as usize + tag.len() - 9;
+            let mut bytes = frame.to_vec();
+            bytes[at..at + 8].copy_from_slice(&stamp);
+            docs.push(RawDocumentBuf::from_bytes(bytes).map_err(|e| corrupt(e.to_string()))?);
+        }
+        Ok(Some(docs))
+    }
+
+    /// The staged documents decoded, tagged with `epoch` and encoded again (for stagings
+    /// without an epoch placeholder).
+    fn tag_decoded(&self, staged: &[u8], epoch: Epoch) -> Result<Vec<RawDocumentBuf>, SinkError> {
+        let docs = split_documents(staged)
+            .map_err(|e| self.fatal(format!("corrupt staged outputs of epoch {epoch}: {e}")))?;
+        let tag = self.tag(i64::try_from(epoch).unwrap_or(i64::MAX));
+        let mut raw = Vec::with_capacity(docs.len());
+        for mut doc in docs {
+            match doc.get_document_mut(&*self.meta_field) {
+                Ok(meta) => {
+                    meta.insert("weir", tag.clone());
+                }
+                Err(_) => return Err(self.fatal("a staged document lacks its meta field".into())),
+            }
+            raw.push(
+                RawDocumentBuf::from_document(&doc)
+                    .map_err(|e| self.fatal(format!("cannot encode a document: {e}")))?,
+            );
+        }
+        Ok(raw)
     }
 
     /// Documents of this (job, sink, task) whose epoch matches `epoch` (a value or a
@@ -296,7 +380,10 @@ impl MongoSink {
         Ok(())
     }
 
-    fn commit_documents(&mut self, epoch: Epoch, mut docs: Vec<Document>) -> Result<(), SinkError> {
+    fn commit_documents(&mut self, epoch: Epoch, staged: &[u8]) -> Result<(), SinkError> {
+        if staged.is_empty() {
+            return Ok(());
+        }
         if !self.recovered {
             // Committing E means every epoch before it was committed.
             self.recover(Some(epoch.saturating_sub(1)))?;
@@ -305,6 +392,10 @@ impl MongoSink {
         if epoch <= self.applied {
             return Ok(());
         }
+        let docs = match self.stamp_epoch(staged, epoch)? {
+            Some(docs) => docs,
+            None => self.tag_decoded(staged, epoch)?,
+        };
         // After `recover`, documents of an epoch above `applied` exist only if this instance
         // started inserting them; sparing the delete otherwise keeps a commit one insert.
         if self.unfenced == Some(epoch) {
@@ -312,20 +403,6 @@ impl MongoSink {
                 .delete_many(self.tag_filter(epoch_bson(epoch)?))
                 .run()
                 .map_err(|e| self.error("removing an unconfirmed attempt", &e))?;
-        }
-        let tag = doc! {
-            "job": &self.scope.job,
-            "sink": &self.name,
-            "task": &self.scope.task,
-            "epoch": epoch_bson(epoch)?,
-        };
-        for doc in &mut docs {
-            match doc.get_document_mut(&*self.meta_field) {
-                Ok(meta) => {
-                    meta.insert("weir", tag.clone());
-                }
-                Err(_) => return Err(self.fatal("a staged document lacks its meta field".into())),
-            }
         }
         self.unfenced = Some(epoch);
         // The fence trails by one epoch: the previous epoch's fence write runs alongside this
@@ -338,7 +415,7 @@ impl MongoSink {
                 .fence_behind
                 .map(|behind| scope.spawn(move || this.advance_claimed_fence(behind)));
             let inserted = this
-                .collection
+                .raw_collection
                 .insert_many(&docs)
                 .ordered(false)
                 .run()
@@ -560,13 +637,14 @@ impl Sink for MongoSink {
 
     fn encoder(&self) -> Box<dyn SinkEncoder> {
         match self.config.mode {
-            MongoSinkMode::Timeseries | MongoSinkMode::Events => {
-                Box::new(DocumentEncoder::new(DocumentShape {
+            MongoSinkMode::Timeseries | MongoSinkMode::Events => Box::new(DocumentEncoder::new(
+                DocumentShape {
                     time_field: self.time_field.clone(),
                     meta_field: self.meta_field.clone(),
                     meta_fields: self.config.meta_fields.clone().into(),
-                }))
-            }
+                },
+                Some(self.tag(EPOCH_PLACEHOLDER)),
+            )),
             MongoSinkMode::Rollup => Box::new(RollupEncoder::new(RollupShape {
                 entity_field: self
                     .config
@@ -642,14 +720,19 @@ impl Sink for MongoSink {
     ///
     /// Server unavailability is retryable; a corrupt staging or a rejected write is not.
     fn commit(&mut self, epoch: Epoch, staged: &[u8]) -> Result<(), SinkError> {
-        let docs = split_documents(staged)
-            .map_err(|e| self.fatal(format!("corrupt staged outputs of epoch {epoch}: {e}")))?;
-        if docs.is_empty() {
-            return Ok(());
-        }
         match self.config.mode {
-            MongoSinkMode::Rollup => self.commit_rollup(epoch, docs),
-            MongoSinkMode::Timeseries | MongoSinkMode::Events => self.commit_documents(epoch, docs),
+            MongoSinkMode::Rollup => {
+                let docs = split_documents(staged).map_err(|e| {
+                    self.fatal(format!("corrupt staged outputs of epoch {epoch}: {e}"))
+                })?;
+                if docs.is_empty() {
+                    return Ok(());
+                }
+                self.commit_rollup(epoch, docs)
+            }
+            MongoSinkMode::Timeseries | MongoSinkMode::Events => {
+                self.commit_documents(epoch, staged)
+            }
         }
     }
 }
