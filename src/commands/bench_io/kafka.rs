@@ -165,7 +165,11 @@ impl Topics {
 /// A client configuration for `brokers`.
 fn client(brokers: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", brokers);
+    // Some brokers (noida-db) ignore `fetch.max.bytes` and answer a fetch of many partitions
+    // with everything they hold: allow responses up to librdkafka's maximum.
+    config
+        .set("bootstrap.servers", brokers)
+        .set("receive.message.max.bytes", "2147483647");
     config
 }
 
