@@ -295,6 +295,7 @@ fn run_tasks(
                 task: Some(format!("p{task}")),
                 state_dir: Some(dir.join(format!("state-p{task}"))),
                 replica: None,
+                lease: None,
             };
             if task == 1 {
                 if let Some(after) = stop_after {

@@ -276,6 +276,12 @@ impl FleetBackend for KafkaFleet {
         }
     }
 
+    fn leases_expire(&self) -> bool {
+        // Ownership ends with a revoke the member sees (the next owner's producers fence
+        // this worker's anyway), not with a lease running out.
+        false
+    }
+
     fn poll_interval(&self, _lease_ttl: Duration) -> Duration {
         // Rebalances wait for every member to poll; keep that short.
         Duration::from_millis(200)

@@ -10,7 +10,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use crate::checkpoint::{position_key, staged_key, write_committed, write_prepared, Epoch};
 use crate::state::{StateBatch, StateStore, Table};
 
-use super::fleet::{persist, CheckpointReplica};
+use super::fleet::{persist, CheckpointReplica, LeaseGuard};
 use super::messages::{CoordMessage, ShardAck, SourceAck, SourceControl};
 use super::metrics::JobMetrics;
 use super::sink::{Sink, SinkError};
@@ -50,6 +50,8 @@ pub(crate) struct Coordinator {
     pub metrics: Arc<JobMetrics>,
     /// A fleet task's checkpoint replica, written before the local store.
     pub replica: Option<Arc<dyn CheckpointReplica>>,
+    /// A fleet task's lease, checked before each sink commit.
+    pub lease: Option<Arc<LeaseGuard>>,
 }
 
 impl Coordinator {
@@ -163,6 +165,9 @@ impl Coordinator {
         persist(self.replica.as_ref(), self.store.as_ref(), batch)?;
 
         for (sink, bytes) in self.sinks.iter_mut().zip(staged.iter()) {
+            if let Some(lease) = &self.lease {
+                lease.check()?;
+            }
             commit_with_retry(sink.as_mut(), epoch, bytes, &self.stop, &self.metrics)?;
         }
         let mut done = StateBatch::default();

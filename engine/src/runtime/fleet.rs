@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -87,6 +87,13 @@ pub trait FleetBackend: Send + Sync {
     /// checkpoint, before they give the partition up. Default: nothing.
     fn task_started(&self, _task: &str, _control: TaskControl) {}
 
+    /// Whether a held task can be lost by time alone (a lease TTL) rather than only by an
+    /// event the backend reports; tasks then check a [`LeaseGuard`] before each commit.
+    /// Default: `true`.
+    fn leases_expire(&self) -> bool {
+        true
+    }
+
     /// How often the worker heartbeats, renews and rebalances. Default: a third of the lease.
     fn poll_interval(&self, lease_ttl: Duration) -> Duration {
         lease_ttl / 3
@@ -118,6 +125,57 @@ impl TaskControl {
     }
 }
 
+/// How long a task may still act on its lease, as the worker last renewed it. A task checks it
+/// before each sink commit: a worker whose loop stalled past half its lease stops the task
+/// without writing, instead of writing while another worker may already own the task.
+#[derive(Debug)]
+pub struct LeaseGuard {
+    /// Monotonic ms (see [`monotonic_ms`]) until which the lease surely holds.
+    valid_until_ms: AtomicU64,
+    /// How much of the lease must be left for a commit to start.
+    margin_ms: u64,
+}
+
+impl LeaseGuard {
+    /// A guard for a lease of `ttl`, valid for `ttl` from `asked_at_ms` (when the request
+    /// that took it was sent).
+    pub fn new(ttl: Duration, asked_at_ms: u64) -> LeaseGuard {
+        let ttl_ms = ttl.as_millis() as u64;
+        LeaseGuard {
+            valid_until_ms: AtomicU64::new(asked_at_ms + ttl_ms),
+            margin_ms: ttl_ms / 2,
+        }
+    }
+
+    /// Records a renewal of `ttl` requested at `asked_at_ms`.
+    pub fn renewed(&self, ttl: Duration, asked_at_ms: u64) {
+        self.valid_until_ms
+            .fetch_max(asked_at_ms + ttl.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// `Ok` while at least half the lease is left; else an error that stops the task.
+    pub fn check(&self) -> Result<(), JobError> {
+        let left = self
+            .valid_until_ms
+            .load(Ordering::Relaxed)
+            .saturating_sub(monotonic_ms());
+        if left < self.margin_ms {
+            return Err(JobError::Task(format!(
+                "the task's lease has {left} ms left, less than the {} ms a commit may take; \
+                 stopping without committing (the next owner re-commits the epoch)",
+                self.margin_ms
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Milliseconds on a monotonic clock shared by the whole process.
+pub fn monotonic_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
 /// How a worker joins a fleet.
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
@@ -147,6 +205,21 @@ struct RunningTask {
     token: String,
     stop: Arc<AtomicBool>,
     thread: JoinHandle<Result<(), JobError>>,
+    /// Asked to stop (handed over, or the worker leaves): it still holds its lease, renewed
+    /// until its last checkpoint is done, then released.
+    leaving: bool,
+    /// Its lease was lost: it is stopping and is no longer renewed.
+    lost: bool,
+    /// What the task checks before committing, when leases expire.
+    lease: Option<Arc<LeaseGuard>>,
+}
+
+impl RunningTask {
+    /// Asks the task to finish with a last checkpoint; the loop releases it once it has.
+    fn ask_to_leave(&mut self) {
+        self.leaving = true;
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Runs this worker's share of `topology`'s tasks until a stop is requested (then releases
@@ -177,10 +250,17 @@ pub fn run_worker(
         % u64::from(partitions.max(1))) as u32;
     tracing::info!(worker = %options.worker_id, partitions, "joined the fleet");
 
+    // The loop never waits for a task: stopping tasks finish on their own threads while the
+    // loop keeps renewing every lease it holds, so a slow last checkpoint cannot let another
+    // lease expire and hand a still-running task to a second worker.
     let result = loop {
         let stopping = options.stop.load(Ordering::Relaxed);
         if stopping {
-            break Ok(());
+            for t in running.values_mut() {
+                if !t.leaving {
+                    t.ask_to_leave();
+                }
+            }
         }
         let live = match backend.heartbeat(&options.worker_id, ttl) {
             Ok(n) => n.max(1),
@@ -212,58 +292,80 @@ pub fn run_worker(
                     Ok(Err(e)) => tracing::error!(task = %task_id(p), error = %e, "task failed"),
                     Err(_) => tracing::error!(task = %task_id(p), "task panicked"),
                 }
-                let _ = backend.release(&task_id(p), &t.token);
+                if let Err(e) = backend.release(&task_id(p), &t.token) {
+                    tracing::warn!(task = %task_id(p), error = %e, "cannot release the lease; it expires");
+                }
             }
+        }
+        if stopping && running.is_empty() {
+            break Ok(());
         }
 
-        // Renew what we hold; a lost lease stops the task at once (its replica writes are
-        // fenced anyway).
-        let mut lost = Vec::new();
-        for (p, t) in &running {
+        // Renew what we hold, stopping tasks included; a lost lease stops the task (its
+        // replica writes are fenced anyway).
+        for (p, t) in running.iter_mut().filter(|(_, t)| !t.lost) {
+            let asked = monotonic_ms();
             match backend.renew(&task_id(*p), &t.token, ttl) {
-                Ok(true) => {}
-                Ok(false) => lost.push(*p),
+                Ok(true) => {
+                    if let Some(lease) = &t.lease {
+                        lease.renewed(ttl, asked);
+                    }
+                }
+                Ok(false) => {
+                    tracing::warn!(task = %task_id(*p), "lease lost; stopping the task");
+                    t.lost = true;
+                    t.stop.store(true, Ordering::Relaxed);
+                }
                 Err(e) => tracing::warn!(task = %task_id(*p), error = %e, "lease renewal failed"),
-            }
-        }
-        for p in lost {
-            if let Some(t) = running.remove(&p) {
-                tracing::warn!(task = %task_id(p), "lease lost; stopping the task");
-                t.stop.store(true, Ordering::Relaxed);
-                let _ = t.thread.join();
             }
         }
 
         let target = partitions.div_ceil(live) as usize;
-        if running.len() > target {
+        let active = running.values().filter(|t| !t.leaving && !t.lost).count();
+        if stopping {
+            // Leaving: take nothing new.
+        } else if active > target {
             // Hand the highest tasks back gracefully: last checkpoint, then release.
             let extra: Vec<u32> = running
-                .keys()
+                .iter()
+                .filter(|(_, t)| !t.leaving && !t.lost)
+                .map(|(p, _)| *p)
                 .rev()
-                .take(running.len() - target)
-                .copied()
+                .take(active - target)
                 .collect();
             for p in extra {
-                if let Some(t) = running.remove(&p) {
+                if let Some(t) = running.get_mut(&p) {
                     tracing::info!(task = %task_id(p), live, "handing the task over");
-                    stop_task(&*backend, p, t);
+                    t.ask_to_leave();
                 }
             }
-        } else if running.len() < target {
+        } else if active < target {
+            let mut active = active;
             for i in 0..partitions {
-                if running.len() >= target {
+                if active >= target {
                     break;
                 }
                 let p = (offset + i) % partitions;
                 if running.contains_key(&p) || done.contains(&p) {
                     continue;
                 }
+                let asked = monotonic_ms();
                 match backend.acquire(&task_id(p), &options.worker_id, ttl) {
                     Ok(Some(token)) => {
-                        let task = start_task(topology, &connectors, &backend, p, &token, &options);
+                        let lease = backend
+                            .leases_expire()
+                            .then(|| Arc::new(LeaseGuard::new(ttl, asked)));
+                        let task = start_task(
+                            topology,
+                            &connectors,
+                            &backend,
+                            (p, &token, lease),
+                            &options,
+                        );
                         match task {
                             Ok(t) => {
                                 running.insert(p, t);
+                                active += 1;
                             }
                             Err(e) => {
                                 tracing::error!(task = %task_id(p), error = %e, "cannot start the task");
@@ -278,12 +380,14 @@ pub fn run_worker(
                 }
             }
         }
-        sleep_unless_stopped(tick, &options.stop);
+        if stopping {
+            // Renew often enough while the last checkpoints run, without waiting for a stop.
+            std::thread::sleep(tick.min(Duration::from_millis(100)));
+        } else {
+            sleep_unless_stopped(tick, &options.stop);
+        }
     };
 
-    for (p, t) in std::mem::take(&mut running) {
-        stop_task(&*backend, p, t);
-    }
     let _ = backend.leave(&options.worker_id);
     result
 }
@@ -295,26 +399,11 @@ fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) {
     }
 }
 
-fn stop_task(backend: &dyn FleetBackend, partition: u32, task: RunningTask) {
-    task.stop.store(true, Ordering::Relaxed);
-    match task.thread.join() {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            tracing::error!(task = %task_id(partition), error = %e, "task failed while stopping")
-        }
-        Err(_) => tracing::error!(task = %task_id(partition), "task panicked"),
-    }
-    if let Err(e) = backend.release(&task_id(partition), &task.token) {
-        tracing::warn!(task = %task_id(partition), error = %e, "cannot release the lease; it expires");
-    }
-}
-
 fn start_task(
     topology: &Topology,
     connectors: &Arc<dyn Connectors + Send + Sync>,
     backend: &Arc<dyn FleetBackend>,
-    partition: u32,
-    token: &str,
+    (partition, token, lease): (u32, &str, Option<Arc<LeaseGuard>>),
     options: &WorkerOptions,
 ) -> Result<RunningTask, JobError> {
     let task = task_id(partition);
@@ -326,6 +415,7 @@ fn start_task(
     let (thread_backend, thread_task, thread_token) =
         (backend.clone(), task.clone(), token.to_string());
     let (shards, thread_stop, metrics) = (options.shards, stop.clone(), options.metrics.clone());
+    let thread_lease = lease.clone();
     // Opening the replica and restoring state run on the task's thread: they can take seconds,
     // and the worker loop must keep heartbeating (a Kafka group member that stops polling is
     // dropped from the group, which rebalances every worker).
@@ -349,6 +439,7 @@ fn start_task(
                     task: Some(thread_task.clone()),
                     state_dir: Some(dir),
                     replica: Some(replica),
+                    lease: thread_lease,
                 };
                 Job::build(&topology, connectors.as_ref(), job_options)
             })
@@ -374,6 +465,9 @@ fn start_task(
         token: token.to_string(),
         stop,
         thread,
+        leaving: false,
+        lost: false,
+        lease,
     })
 }
 

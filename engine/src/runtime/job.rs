@@ -20,7 +20,7 @@ use crate::window::WindowOperator;
 
 use super::coordinator::{commit_with_retry, Coordinator, SourceHandle};
 use super::exchange::{Exchange, ExchangeRequest};
-use super::fleet::{persist, CheckpointReplica};
+use super::fleet::{persist, CheckpointReplica, LeaseGuard};
 use super::messages::CoordMessage;
 use super::metrics::{JobMetrics, MetricsSnapshot};
 use super::plan::PipelinePlan;
@@ -95,6 +95,8 @@ pub struct JobOptions {
     pub state_dir: Option<std::path::PathBuf>,
     /// A fleet task's checkpoint replica: every checkpoint batch is written there first.
     pub replica: Option<Arc<dyn CheckpointReplica>>,
+    /// A fleet task's lease, checked before each sink commit.
+    pub lease: Option<Arc<LeaseGuard>>,
 }
 
 impl std::fmt::Debug for JobOptions {
@@ -105,6 +107,7 @@ impl std::fmt::Debug for JobOptions {
             .field("task", &self.task)
             .field("state_dir", &self.state_dir)
             .field("replicated", &self.replica.is_some())
+            .field("lease", &self.lease)
             .finish()
     }
 }
@@ -227,6 +230,9 @@ impl Job {
                 read_staged(store.as_ref(), epoch)?.into_iter().collect();
             for sink in sinks.iter_mut() {
                 let bytes = staged.get(sink.name()).map(Vec::as_slice).unwrap_or(&[]);
+                if let Some(lease) = &options.lease {
+                    lease.check()?;
+                }
                 commit_with_retry(sink.as_mut(), epoch, bytes, &options.stop, &metrics)?;
             }
             let mut batch = StateBatch::default();
@@ -366,6 +372,7 @@ impl Job {
             stop: options.stop,
             metrics: metrics.clone(),
             replica: options.replica,
+            lease: options.lease,
         };
         Ok(Job {
             metrics,
