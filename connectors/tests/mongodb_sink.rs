@@ -384,18 +384,30 @@ fn a_taken_over_sink_stops_at_its_next_fence_write() {
     // A new owner recovers from committed epoch 1 and claims the fence.
     let mut new = open(&config, "p0");
     new.recover(Some(1)).unwrap();
-    new.commit(2, &e(2)).unwrap();
 
     // The old owner's next commit writes epoch 1's fence alongside its insert, finds the fence
-    // claimed and fails fatally.
+    // claimed and fails fatally; its insert of epoch 2 landed all the same.
     let err = old.commit(2, &e(2)).unwrap_err();
     assert!(matches!(err, SinkError::Fatal(_)), "{err}");
     assert!(
         err.to_string().contains("claimed by another process"),
         "{err}"
     );
+    let epoch_2 = || {
+        all(
+            &db,
+            "out",
+            doc! {"meta.weir.task": "p0", "meta.weir.epoch": 2_i64},
+        )
+    };
+    assert_eq!(epoch_2().len(), 1);
+
+    // The new owner's first commit removes what the old one left of that epoch: no duplicate.
+    new.commit(2, &e(2)).unwrap();
+    assert_eq!(epoch_2().len(), 1, "{:?}", epoch_2());
     new.commit(3, &e(3)).unwrap();
     assert_eq!(fence(&db, "p0"), Some(2));
+    assert_eq!(count(&db), 3);
 }
 
 #[test]

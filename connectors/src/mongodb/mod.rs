@@ -35,8 +35,10 @@
 //!   to the epoch it applied before, only while `holder` is still its own. So a commit costs
 //!   one round trip, and the fence trails the sink by at most one epoch. A process whose task
 //!   was taken over (a zombie) finds the fence claimed by the new owner and stops with a fatal
-//!   error. Without transactions, documents it inserted after the new owner's recovery may
-//!   remain as duplicates; none are lost.
+//!   error. The new owner's first commit deletes that epoch's tag again just before inserting,
+//!   so a zombie's insert that landed before it is removed; without transactions, one landing
+//!   in between may remain as duplicates. None are lost. (Fleet tasks also stop committing
+//!   once less than half their lease is left, which keeps zombies rare.)
 //! - `rollup`: `$inc`/`$push` are not idempotent, so each document keeps
 //!   `weir_applied.<job>/<sink>/<task>: E` and is updated only while that is missing or below E
 //!   (filter `{_id, weir_applied.<…>: {$not: {$gte: E}}}`, upsert); where it is not, the

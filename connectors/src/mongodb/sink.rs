@@ -397,7 +397,8 @@ impl MongoSink {
             None => self.tag_decoded(staged, epoch)?,
         };
         // After `recover`, documents of an epoch above `applied` exist only if this instance
-        // started inserting them; sparing the delete otherwise keeps a commit one insert.
+        // started inserting them (or, for the first epoch after `recover`, a previous owner);
+        // sparing the delete otherwise keeps a commit one insert.
         if self.unfenced == Some(epoch) {
             self.collection
                 .delete_many(self.tag_filter(epoch_bson(epoch)?))
@@ -701,7 +702,10 @@ impl Sink for MongoSink {
             self.claim_fence(committed)?;
         }
         self.recovered = true;
-        self.unfenced = None;
+        // A previous owner still running when this one took over (a stalled worker) may
+        // insert the epoch after `committed` after the delete above: the first commit of that
+        // epoch deletes its tag again just before inserting.
+        self.unfenced = (self.config.mode != MongoSinkMode::Rollup).then(|| committed + 1);
         self.applied = committed;
         self.fence_behind = None;
         Ok(())
