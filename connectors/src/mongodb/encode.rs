@@ -63,22 +63,41 @@ pub(crate) fn json_to_bson(v: &serde_json::Value) -> Bson {
 
 /// Splits staged bytes into their BSON documents.
 pub(crate) fn split_documents(staged: &[u8]) -> Result<Vec<Document>, String> {
-    let mut docs = Vec::new();
+    frames(staged)
+        .map(|frame| Document::from_reader(frame?).map_err(|e| e.to_string()))
+        .collect()
+}
+
+/// The BSON documents of `staged`, one slice each, by their length prefixes; an error for a
+/// length that does not fit.
+pub(crate) fn frames(staged: &[u8]) -> impl Iterator<Item = Result<&[u8], String>> {
     let mut rest = staged;
-    while !rest.is_empty() {
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
         let len = rest
             .first_chunk::<4>()
             .map(|b| i32::from_le_bytes(*b))
-            .ok_or("truncated document length")?;
-        let len = usize::try_from(len)
-            .ok()
-            .filter(|l| *l >= 5 && *l <= rest.len())
-            .ok_or_else(|| format!("invalid document length {len}"))?;
-        let (frame, tail) = rest.split_at(len);
-        docs.push(Document::from_reader(frame).map_err(|e| e.to_string())?);
-        rest = tail;
-    }
-    Ok(docs)
+            .ok_or_else(|| "truncated document length".to_string())
+            .and_then(|len| {
+                usize::try_from(len)
+                    .ok()
+                    .filter(|l| *l >= 5 && *l <= rest.len())
+                    .ok_or_else(|| format!("invalid document length {len}"))
+            });
+        Some(match len {
+            Ok(len) => {
+                let (frame, tail) = rest.split_at(len);
+                rest = tail;
+                Ok(frame)
+            }
+            Err(e) => {
+                rest = &[];
+                Err(e)
+            }
+        })
+    })
 }
 
 /// Appends `doc` to `staged`, whole or not at all.

@@ -14,7 +14,8 @@ use weir_engine::runtime::{Sink, SinkEncoder, SinkError, SinkScope};
 
 use super::config::{MongoSinkConfig, MongoSinkMode, TimeseriesConfig, FENCE_COLLECTION};
 use super::encode::{
-    split_documents, DocumentEncoder, DocumentShape, RollupEncoder, RollupShape, EPOCH_PLACEHOLDER,
+    frames, split_documents, DocumentEncoder, DocumentShape, RollupEncoder, RollupShape,
+    EPOCH_PLACEHOLDER,
 };
 use super::rollup::{applied_field, rollup_updates};
 use super::{is_duplicate_key, is_retryable_code, sink_error};
@@ -209,15 +210,8 @@ impl MongoSink {
             .map_err(|_| self.fatal(format!("epoch {epoch} does not fit a BSON int64")))?
             .to_le_bytes();
         let mut docs = Vec::new();
-        let mut rest = staged;
-        while !rest.is_empty() {
-            let len = rest
-                .first_chunk::<4>()
-                .and_then(|b| usize::try_from(i32::from_le_bytes(*b)).ok())
-                .filter(|l| *l >= 5 && *l <= rest.len())
-                .ok_or_else(|| corrupt("invalid document length".into()))?;
-            let (frame, tail) = rest.split_at(len);
-            rest = tail;
+        for frame in frames(staged) {
+            let frame = frame.map_err(corrupt)?;
             let raw = RawDocument::from_bytes(frame).map_err(|e| corrupt(e.to_string()))?;
             let tag = raw
                 .get_document(&*self.meta_field)

@@ -551,3 +551,22 @@ pub(crate) fn persist(
     store.write(batch)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_guard_refuses_commits_in_the_second_half_of_the_lease() {
+        let ttl = Duration::from_millis(200);
+        let guard = LeaseGuard::new(ttl, monotonic_ms());
+        assert!(guard.check().is_ok());
+        // More than half the lease has passed without a renewal.
+        std::thread::sleep(Duration::from_millis(120));
+        assert!(guard.check().is_err());
+        // A renewal requested now restores it; an older renewal never shortens it.
+        guard.renewed(ttl, monotonic_ms());
+        guard.renewed(ttl, 0);
+        assert!(guard.check().is_ok());
+    }
+}

@@ -9,6 +9,16 @@ const GAUGE: &str = "gauge";
 /// One metric: name, Prometheus type, help text, value.
 type Sample = (&'static str, &'static str, &'static str, String);
 
+/// `samples` in the Prometheus text exposition format, unlabelled.
+fn exposition(samples: &[Sample]) -> String {
+    samples
+        .iter()
+        .map(|(name, kind, help, value)| {
+            format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n")
+        })
+        .collect()
+}
+
 /// Live counters of a running job. All are monotone except the gauges noted.
 #[derive(Debug)]
 pub struct JobMetrics {
@@ -116,12 +126,7 @@ impl JobMetrics {
 
     /// The counters in the Prometheus text exposition format.
     pub fn prometheus(&self) -> String {
-        self.samples()
-            .iter()
-            .map(|(name, kind, help, value)| {
-                format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n")
-            })
-            .collect()
+        exposition(&self.samples())
     }
 
     /// Every metric as (name, type, help, value).
@@ -301,12 +306,7 @@ impl FleetMetrics {
                 (self.last_restore_ms.load(Ordering::Relaxed) as f64 / 1e3).to_string(),
             ),
         ];
-        let mut out: String = worker
-            .iter()
-            .map(|(name, kind, help, value)| {
-                format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n")
-            })
-            .collect();
+        let mut out = exposition(&worker);
         let tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
         let per_task: Vec<(&String, Vec<Sample>)> =
             tasks.iter().map(|(id, m)| (id, m.samples())).collect();
