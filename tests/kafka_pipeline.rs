@@ -6,28 +6,26 @@
 //! Needs `WEIR_TEST_KAFKA` (`eval "$(scripts/services.sh start kafka)"`). The event count is
 //! `WEIR_KAFKA_E2E_EVENTS` (default 1,000,000).
 //!
-//! Ignored in CI: it passed 6 of 8 runs (90–210 s). In the other two, after a rebalance
-//! (librdkafka: `COMMITFAIL … join-state wait-unassign-call`) the workers sat idle with no
-//! task while partitions were unprocessed; the cause is not found yet.
+//! Ignored in CI: noida-db (the test broker) sometimes never finishes a rebalance that
+//! includes a killed worker: the group sat in `CompletingRebalance` with the dead member
+//! listed and no assignment, for minutes, so every live worker idled (Kafka would expire the
+//! member after `session.timeout.ms`). Waiting for a settled group around each kill narrows
+//! that window but did not close it (a dead member stayed listed in a stable group).
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Child;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::kafka::*;
 use common::*;
 use rand::{Rng, SeedableRng};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use weir_connectors::generator::{GeneratorConfig, Shape};
-use weir_connectors::kafka::block_on;
 
 const PARTITIONS: usize = 6;
+
+/// Longer than the topology's `session_timeout_ms`.
+const SESSION_EXPIRY: Duration = Duration::from_millis(7_000);
 
 const TOPOLOGY: &str = r#"
 name: "@P@"
@@ -71,12 +69,13 @@ fn partition_of(user: &str) -> usize {
     (h % PARTITIONS as u64) as usize
 }
 
-/// Generates `count` events, writes each partition's lines to a file (the oracle's input) and
-/// produces them, keyed by user, to `<prefix>-events`.
+/// Generates `count` events and produces them, keyed by user, to `<prefix>-events`, each to
+/// its user's partition; returns each partition's lines (the oracle's input).
 fn produce(dir: &Path, prefix: &str, count: u64) -> Vec<PathBuf> {
-    let all = dir.join("input.jsonl");
-    generate(
-        &all,
+    produce_events(
+        dir,
+        &format!("{prefix}-events"),
+        PARTITIONS,
         &GeneratorConfig {
             shape: Shape::Activity,
             count: Some(count),
@@ -88,68 +87,12 @@ fn produce(dir: &Path, prefix: &str, count: u64) -> Vec<PathBuf> {
             seed: 11,
             ..GeneratorConfig::default()
         },
-    );
-    let topic = format!("{prefix}-events");
-    let admin: AdminClient<DefaultClientContext> = client().create().unwrap();
-    let new = NewTopic::new(&topic, PARTITIONS as i32, TopicReplication::Fixed(1));
-    let created = block_on(admin.create_topics([&new], &AdminOptions::new())).unwrap();
-    assert!(created.iter().all(Result::is_ok), "{created:?}");
-
-    let mut parts = vec![String::new(); PARTITIONS];
-    let producer: BaseProducer = client()
-        .set("linger.ms", "20")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()
-        .unwrap();
-    for line in fs::read_to_string(&all).unwrap().lines() {
-        let user = serde_json::from_str::<serde_json::Value>(line)
-            .ok()
-            .and_then(|v| v.get("user_id").map(|u| u.to_string()))
-            .unwrap_or_default();
-        let partition = partition_of(&user);
-        parts[partition].push_str(line);
-        parts[partition].push('\n');
-        let mut record = BaseRecord::<str, str>::to(&topic)
-            .partition(partition as i32)
-            .key(&user)
-            .payload(line);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    record = back;
-                    producer.poll(Duration::from_millis(5));
-                }
-            }
-        }
-    }
-    producer.flush(Duration::from_secs(120)).unwrap();
-    parts
-        .iter()
-        .enumerate()
-        .map(|(i, body)| {
-            let path = dir.join(format!("partition{i}.jsonl"));
-            fs::write(&path, body).unwrap();
-            path
-        })
-        .collect()
-}
-
-/// A topology file per worker: the same job, each worker with its own state directory (as on
-/// separate machines).
-fn write_topology(dir: &Path, prefix: &str) -> (PathBuf, String) {
-    fs::create_dir_all(dir).unwrap();
-    let text = TOPOLOGY
-        .replace("@P@", prefix)
-        .replace("@KAFKA@", &kafka())
-        .replace("@DIR@", &dir.display().to_string());
-    let file = dir.join("topology.yaml");
-    fs::write(&file, &text).unwrap();
-    (file, text)
+        |_, user| partition_of(user),
+    )
 }
 
 #[test]
-#[ignore = "on noida-db the group sometimes leaves every worker idle after a rebalance (2 runs in 8 this session); run it with `cargo test --test <name> -- --ignored`"]
+#[ignore = "noida-db, the test broker, can leave a consumer group waiting forever for a killed member (elected leader of a rebalance it never finishes); run it with `cargo test --test <name> -- --ignored`"]
 fn a_fleet_sharing_a_topic_survives_kill_9_and_matches_the_oracle() {
     let events: u64 = std::env::var("WEIR_KAFKA_E2E_EVENTS")
         .ok()
@@ -159,57 +102,47 @@ fn a_fleet_sharing_a_topic_survives_kill_9_and_matches_the_oracle() {
     let prefix = format!("e2e-kafka-{}", std::process::id());
     let inputs = produce(root.path(), &prefix, events);
     let workers: Vec<(PathBuf, String)> = (0..6)
-        .map(|w| write_topology(&root.path().join(format!("w{w}")), &prefix))
+        .map(|w| write_worker_topology(TOPOLOGY, &root.path().join(format!("w{w}")), &prefix))
         .collect();
     let want = expected(&load(&workers[0].1), "spend", &inputs);
     let results_topic = format!("{prefix}-results");
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(2026);
-    let mut running: BTreeMap<usize, Child> = BTreeMap::new();
+    let mut running = Workers::default();
     for (w, (file, _)) in workers.iter().enumerate().take(3) {
         running.insert(w, spawn_run(file, &[]));
     }
-    // Kill a random worker at random moments and start a replacement with its own (stale or
-    // empty) state; a fourth worker joins after the second kill.
+    // Kill a random worker at a random moment of its processing and start a replacement with
+    // its own (stale or empty) state; a fourth worker joins after the second kill. Kills wait
+    // for a settled group and replacements for the killed worker's session to run out (see
+    // `await_stable_group`).
     let mut next = 3;
     for round in 0..3 {
-        std::thread::sleep(Duration::from_millis(rng.random_range(2_000..6_000)));
+        std::thread::sleep(Duration::from_millis(rng.random_range(1_000..4_000)));
+        await_stable_group(&prefix, running.len());
         let victims: Vec<usize> = running.keys().copied().collect();
         let victim = victims[rng.random_range(0..victims.len())];
         let mut child = running.remove(&victim).unwrap();
         child.kill().unwrap(); // SIGKILL
         let _ = child.wait();
+        std::thread::sleep(SESSION_EXPIRY);
         running.insert(next % 6, spawn_run(&workers[next % 6].0, &[]));
         next += 1;
         if round == 1 {
             running.insert(next % 6, spawn_run(&workers[next % 6].0, &[]));
             next += 1;
         }
+        await_stable_group(&prefix, running.len());
     }
 
-    let started = Instant::now();
-    let (mut got, mut duplicates) = finals(&committed_results(&results_topic), &want.schema);
-    while got.len() < want.results.len() && started.elapsed() < Duration::from_secs(600) {
-        for (w, child) in running.iter_mut() {
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!(
-                    "worker {w} exited ({status}):\n{}",
-                    run_log_tail(&workers[*w].0, 4000)
-                );
-            }
-        }
-        std::thread::sleep(Duration::from_secs(2));
-        (got, duplicates) = finals(&committed_results(&results_topic), &want.schema);
-    }
-    for child in running.values_mut() {
-        sigterm(child);
-    }
-    // Late stragglers after the workers stopped would show up here.
-    let (got, duplicates_after) = finals(&committed_results(&results_topic), &want.schema);
-    assert_eq!(
-        duplicates.max(duplicates_after),
-        0,
-        "windows with two final results"
+    let files: Vec<PathBuf> = workers.iter().map(|(file, _)| file.clone()).collect();
+    let (got, duplicates) = await_final_results(
+        &results_topic,
+        &want.schema,
+        want.results.len(),
+        &mut running,
+        &files,
     );
+    assert_eq!(duplicates, 0, "windows with two final results");
     assert_same_results(&got, &want.results, "committed result topic");
 }

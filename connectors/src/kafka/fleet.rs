@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
@@ -112,6 +112,8 @@ pub struct KafkaFleet {
     member: BaseConsumer<MemberContext>,
     shared: Arc<Shared>,
     pending: PendingOffsets,
+    /// When the member's assignment was last compared with the partitions it believes held.
+    last_assignment_check: Mutex<Instant>,
 }
 
 impl KafkaFleet {
@@ -179,6 +181,7 @@ impl KafkaFleet {
             member,
             shared,
             pending,
+            last_assignment_check: Mutex::new(Instant::now()),
         })
     }
 
@@ -209,7 +212,40 @@ impl KafkaFleet {
             }
         }
     }
+
+    /// Every few seconds, warns when librdkafka's assignment of the member and the partitions
+    /// the rebalance callbacks recorded differ: tasks run only for the latter, so a partition
+    /// in the first alone would sit unprocessed.
+    fn check_assignment(&self) {
+        {
+            let mut last = lock(&self.last_assignment_check);
+            if last.elapsed() < ASSIGNMENT_CHECK_INTERVAL {
+                return;
+            }
+            *last = Instant::now();
+        }
+        let Ok(actual) = self.member.assignment() else {
+            return;
+        };
+        let actual: BTreeSet<(String, i32)> = actual
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        let believed = lock(&self.shared.assigned).clone();
+        if actual != believed {
+            tracing::warn!(
+                ?actual,
+                ?believed,
+                "the group member's assignment differs from the partitions its rebalance \
+                 callbacks recorded"
+            );
+        }
+    }
 }
+
+/// How often [`KafkaFleet::check_assignment`] compares.
+const ASSIGNMENT_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 impl FleetBackend for KafkaFleet {
     fn heartbeat(&self, _worker: &str, _ttl: Duration) -> Result<u32, FleetError> {
@@ -223,6 +259,7 @@ impl FleetBackend for KafkaFleet {
             }
         }
         self.commit_reported_offsets();
+        self.check_assignment();
         // The group balances the partitions; this worker takes every task it was assigned.
         Ok(1)
     }

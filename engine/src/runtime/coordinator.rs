@@ -10,7 +10,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use crate::checkpoint::{position_key, staged_key, write_committed, write_prepared, Epoch};
 use crate::state::{StateBatch, StateStore, Table};
 
-use super::fleet::{persist, CheckpointReplica, LeaseGuard};
+use super::fleet::{persist, CheckpointReplica, Durability, LeaseGuard};
 use super::messages::{CoordMessage, ShardAck, SourceAck, SourceControl};
 use super::metrics::JobMetrics;
 use super::sink::{Sink, SinkError};
@@ -124,8 +124,11 @@ impl Coordinator {
                     // Sources send the end-of-input watermark before the barrier, so an epoch whose
                     // sources had all ended holds every result the input produces.
                     let finished = f.sources.iter().flatten().all(|a| a.ended);
+                    // Barriers go out every interval, counted from the previous barrier: a
+                    // result waits at most one interval plus one checkpoint to be committed.
+                    let due = f.started + self.interval;
                     self.finish_epoch(f)?;
-                    next_checkpoint = Instant::now() + self.interval;
+                    next_checkpoint = due;
                     if finished || stopping {
                         return Ok(());
                     }
@@ -162,7 +165,14 @@ impl Coordinator {
             }
         }
         write_prepared(&mut batch, epoch);
-        persist(self.replica.as_ref(), self.store.as_ref(), batch)?;
+        let aligned = f.started.elapsed();
+        persist(
+            self.replica.as_ref(),
+            self.store.as_ref(),
+            batch,
+            Durability::Synced,
+        )?;
+        let prepared = f.started.elapsed();
 
         for (sink, bytes) in self.sinks.iter_mut().zip(staged.iter()) {
             if let Some(lease) = &self.lease {
@@ -170,9 +180,17 @@ impl Coordinator {
             }
             commit_with_retry(sink.as_mut(), epoch, bytes, &self.stop, &self.metrics)?;
         }
+        let committed = f.started.elapsed();
         let mut done = StateBatch::default();
         write_committed(&mut done, epoch);
-        persist(self.replica.as_ref(), self.store.as_ref(), done)?;
+        // Not synced: if an operating-system crash loses the marker, recovery commits the
+        // prepared epoch again from its staged outputs, which the sink fences make a no-op.
+        persist(
+            self.replica.as_ref(),
+            self.store.as_ref(),
+            done,
+            Durability::Unsynced,
+        )?;
         for s in &self.sources {
             let _ = s.control.send(SourceControl::Committed(epoch));
         }
@@ -189,7 +207,14 @@ impl Coordinator {
         if self.shard_count > 0 {
             m.watermark.store(watermark, Ordering::Relaxed);
         }
-        tracing::debug!(epoch, "epoch committed");
+        tracing::debug!(
+            epoch,
+            aligned_us = aligned.as_micros() as u64,
+            prepared_us = prepared.as_micros() as u64,
+            sinks_committed_us = committed.as_micros() as u64,
+            total_us = took_us,
+            "epoch committed"
+        );
         Ok(())
     }
 }

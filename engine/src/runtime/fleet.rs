@@ -527,12 +527,27 @@ pub(crate) fn fleet_to_job(e: FleetError) -> JobError {
     JobError::Task(e.to_string())
 }
 
+/// How a batch is written to the local store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Durability {
+    /// Synced to disk before returning ([`StateStore::write`]).
+    Synced,
+    /// Survives a process crash; made durable by the next synced write
+    /// ([`StateStore::write_unsynced`]). For what a crash may lose without harm.
+    Unsynced,
+}
+
 /// Replicates `batch` (when there is a replica), retrying passing failures with backoff, then
 /// writes it to the local store. A lost lease is an error: the task must stop.
+///
+/// With a replica the local write is never synced: the replica is the durable copy, and a
+/// local store that an operating-system crash set back no longer matches the replica's
+/// progress, so the next start rebuilds it from the replica (see `prepare_local_state`).
 pub(crate) fn persist(
     replica: Option<&Arc<dyn CheckpointReplica>>,
     store: &dyn StateStore,
     batch: StateBatch,
+    durability: Durability,
 ) -> Result<(), JobError> {
     if let Some(replica) = replica {
         let mut backoff = Duration::from_millis(100);
@@ -548,7 +563,11 @@ pub(crate) fn persist(
             }
         }
     }
-    store.write(batch)?;
+    match durability {
+        Durability::Synced if replica.is_none() => store.write(batch)?,
+        Durability::Synced => store.write_unsynced(batch)?,
+        Durability::Unsynced => store.write_unsynced(batch)?,
+    }
     Ok(())
 }
 

@@ -20,7 +20,7 @@ use crate::window::WindowOperator;
 
 use super::coordinator::{commit_with_retry, Coordinator, SourceHandle};
 use super::exchange::{Exchange, ExchangeRequest};
-use super::fleet::{persist, CheckpointReplica, LeaseGuard};
+use super::fleet::{persist, CheckpointReplica, Durability, LeaseGuard};
 use super::messages::CoordMessage;
 use super::metrics::{JobMetrics, MetricsSnapshot};
 use super::plan::PipelinePlan;
@@ -237,7 +237,12 @@ impl Job {
             }
             let mut batch = StateBatch::default();
             write_committed(&mut batch, epoch);
-            persist(options.replica.as_ref(), store.as_ref(), batch)?;
+            persist(
+                options.replica.as_ref(),
+                store.as_ref(),
+                batch,
+                Durability::Synced,
+            )?;
         }
         match decision {
             RecoveryDecision::Fresh => tracing::info!("starting fresh"),

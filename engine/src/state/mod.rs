@@ -166,6 +166,13 @@ pub trait StateStore: Send + Sync {
 
     /// Applies `batch` atomically and durably.
     fn write(&self, batch: StateBatch) -> Result<(), StateError>;
+
+    /// Applies `batch` atomically without waiting for the disk: it survives a crash of the
+    /// process, and becomes durable with the next [`StateStore::write`] (writes land in
+    /// order), but an operating-system crash before that may lose it. Default: `write`.
+    fn write_unsynced(&self, batch: StateBatch) -> Result<(), StateError> {
+        self.write(batch)
+    }
 }
 
 /// Visits every key starting with `prefix`, in order.

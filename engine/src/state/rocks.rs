@@ -239,6 +239,17 @@ impl StateStore for RocksStateStore {
     }
 
     fn write(&self, batch: StateBatch) -> Result<(), StateError> {
+        self.write_batch(batch, true)
+    }
+
+    fn write_unsynced(&self, batch: StateBatch) -> Result<(), StateError> {
+        self.write_batch(batch, false)
+    }
+}
+
+impl RocksStateStore {
+    /// Applies `batch` as one RocksDB write, syncing the write-ahead log when `sync`.
+    fn write_batch(&self, batch: StateBatch, sync: bool) -> Result<(), StateError> {
         if self.is_poisoned() {
             return Err(StateError::Poisoned);
         }
@@ -253,7 +264,7 @@ impl StateStore for RocksStateStore {
             }
         }
         let mut wo = WriteOptions::default();
-        wo.set_sync(true);
+        wo.set_sync(sync);
         self.db.write_opt(wb, &wo).map_err(|e| {
             self.poisoned.store(true, Ordering::SeqCst);
             StateError::Store(format!("write failed, store poisoned: {}", e.into_string()))
@@ -271,6 +282,27 @@ mod tests {
     fn store_is_send_and_sync() {
         fn check<T: Send + Sync>() {}
         check::<RocksStateStore>();
+    }
+
+    #[test]
+    fn unsynced_writes_are_visible_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        {
+            let s = RocksStateStore::open(&path).unwrap();
+            let mut b = StateBatch::default();
+            b.put(Table::Meta, b"marker".to_vec(), b"7".to_vec());
+            b.put(Table::Positions, b"p0".to_vec(), b"42".to_vec());
+            s.write_unsynced(b).unwrap();
+            assert_eq!(s.get(Table::Meta, b"marker").unwrap(), Some(b"7".to_vec()));
+        }
+        // Written to the log (not only to memory): a reopened store replays it.
+        let s = RocksStateStore::open(&path).unwrap();
+        assert_eq!(s.get(Table::Meta, b"marker").unwrap(), Some(b"7".to_vec()));
+        assert_eq!(
+            s.get(Table::Positions, b"p0").unwrap(),
+            Some(b"42".to_vec())
+        );
     }
 
     #[test]
