@@ -32,7 +32,7 @@ pub(crate) fn client_config(brokers: &str, settings: &BTreeMap<String, String>) 
 /// The context of readers that set `enable.partition.eof`: librdkafka also reports each end
 /// of partition to the client's error callback, which by default logs it as an error; the
 /// readers see it from `poll` and handle it, so it is dropped here. Other errors are logged.
-pub(crate) struct EofAwareContext;
+pub struct EofAwareContext;
 
 impl ClientContext for EofAwareContext {
     fn error(&self, error: KafkaError, reason: &str) {

@@ -13,7 +13,7 @@ pub mod sink;
 pub mod source;
 
 pub use changelog::ChangelogReplica;
-pub use client::block_on;
+pub use client::{block_on, EofAwareContext};
 pub use config::{KafkaFleetConfig, KafkaSinkConfig, KafkaSourceConfig};
 pub use fleet::KafkaFleet;
 pub use sink::KafkaSink;

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
 use weir_connectors::kafka::decode::rdkafka;
-use weir_connectors::kafka::ChangelogReplica;
+use weir_connectors::kafka::{ChangelogReplica, EofAwareContext};
 use weir_connectors::Registry;
 use weir_engine::checkpoint::{read_progress, write_committed, write_prepared, Progress};
 use weir_engine::runtime::fleet::CheckpointReplica;
@@ -127,7 +127,8 @@ impl Topics {
             }
         }
         self.created.push(name.to_string());
-        let consumer: BaseConsumer = client(&self.brokers).create()?;
+        let consumer: BaseConsumer<EofAwareContext> =
+            client(&self.brokers).create_with_context(EofAwareContext)?;
         let deadline = Instant::now() + REQUEST_TIMEOUT;
         while Instant::now() < deadline {
             if partition_count(&consumer, name).is_ok_and(|n| n == partitions) {
@@ -174,7 +175,7 @@ fn client(brokers: &str) -> ClientConfig {
 }
 
 /// The partition count of `topic`.
-fn partition_count(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<u32> {
+fn partition_count(consumer: &BaseConsumer<EofAwareContext>, topic: &str) -> anyhow::Result<u32> {
     let metadata = consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT)?;
     match metadata.topics().iter().find(|t| t.name() == topic) {
         Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
@@ -289,7 +290,7 @@ fn read_partitions(
     partitions: &[i32],
 ) -> anyhow::Result<(u64, Duration)> {
     let started = Instant::now();
-    let consumer: BaseConsumer = config.create()?;
+    let consumer: BaseConsumer<EofAwareContext> = config.create_with_context(EofAwareContext)?;
     let mut tpl = TopicPartitionList::new();
     let mut ends = BTreeMap::new();
     for p in partitions {
@@ -647,7 +648,7 @@ struct Sent {
 
 /// A `read_committed` consumer of the result topic timing each result.
 struct ResultReader {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<EofAwareContext>,
     /// Results seen, warm-up included.
     seen: u64,
     /// `now - sent_us` of each result whose newest event was sent after the warm-up.
@@ -663,7 +664,8 @@ impl ResultReader {
         let mut config = reader(brokers, group);
         // Results are timed as they arrive: the broker must not hold a fetch back.
         config.set("fetch.wait.max.ms", "10");
-        let consumer: BaseConsumer = config.create()?;
+        let consumer: BaseConsumer<EofAwareContext> =
+            config.create_with_context(EofAwareContext)?;
         let partitions = partition_count(&consumer, topic)?;
         let mut tpl = TopicPartitionList::new();
         for p in 0..partitions as i32 {
