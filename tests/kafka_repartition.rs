@@ -130,14 +130,5 @@ fn repartitioned_fleet_survives_kill_9_and_matches_the_oracle() {
     running.insert(3, spawn_run(&workers[3].0, &[]));
     await_stable_group(&prefix, 3);
 
-    let files: Vec<PathBuf> = workers.iter().map(|(file, _)| file.clone()).collect();
-    let (got, duplicates) = await_final_results(
-        &results_topic,
-        &want.schema,
-        want.results.len(),
-        &mut running,
-        &files,
-    );
-    assert_eq!(duplicates, 0, "windows with two final results");
-    assert_same_results(&got, &want.results, "committed result topic");
+    assert_final_results_exactly_once(&results_topic, &want, &mut running, &workers);
 }

@@ -19,7 +19,7 @@ use weir_connectors::kafka::block_on;
 use weir_engine::event::ResultSchema;
 use weir_engine::oracle::{self, ResultMap};
 
-use super::{generate, run_log_tail};
+use super::{assert_same_results, generate, run_log_tail, Expected};
 
 /// The broker the tests use (`WEIR_TEST_KAFKA`).
 pub fn kafka() -> String {
@@ -38,19 +38,29 @@ pub fn client() -> ClientConfig {
     c
 }
 
-/// Every record of the result topic a read_committed consumer sees.
-pub fn committed_results(topic: &str) -> Vec<serde_json::Value> {
-    let consumer: BaseConsumer = client()
-        .set("group.id", format!("{topic}-check"))
+/// A read_committed consumer in group `group` that reports partition ends.
+fn committed_reader(group: &str) -> BaseConsumer {
+    client()
+        .set("group.id", group)
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
         .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    let partitions = consumer
+        .unwrap()
+}
+
+/// The partition count of `topic` (0 when it does not exist yet).
+fn partition_count(consumer: &BaseConsumer, topic: &str) -> usize {
+    consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .map(|m| m.topics().first().map_or(0, |t| t.partitions().len()))
-        .unwrap_or(0);
+        .unwrap_or(0)
+}
+
+/// Every record of the result topic a read_committed consumer sees.
+pub fn committed_results(topic: &str) -> Vec<serde_json::Value> {
+    let consumer = committed_reader(&format!("{topic}-check"));
+    let mut tpl = TopicPartitionList::new();
+    let partitions = partition_count(&consumer, topic);
     for p in 0..partitions {
         tpl.add_partition_offset(topic, p as i32, Offset::Beginning)
             .unwrap();
@@ -77,16 +87,8 @@ pub fn committed_results(topic: &str) -> Vec<serde_json::Value> {
 
 /// Per partition of `topic`: where a read_committed reader ends and where the log ends.
 pub fn transaction_backlog(topic: &str) -> String {
-    let consumer: BaseConsumer = client()
-        .set("group.id", format!("{topic}-backlog"))
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true")
-        .create()
-        .unwrap();
-    let partitions = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .map(|m| m.topics().first().map_or(0, |t| t.partitions().len()))
-        .unwrap_or(0) as i32;
+    let consumer = committed_reader(&format!("{topic}-backlog"));
+    let partitions = partition_count(&consumer, topic) as i32;
     let mut report = Vec::new();
     for p in 0..partitions {
         let high = consumer
@@ -269,17 +271,20 @@ pub fn write_worker_topology(template: &str, dir: &Path, prefix: &str) -> (PathB
     (file, text)
 }
 
-/// Polls `topic` read_committed until it holds `want` final results (or 10 minutes pass),
-/// failing at once if a worker in `running` exits; then stops every worker with SIGTERM and
-/// reads the topic a last time. Returns the final results and the most windows with two
-/// final results seen in any read.
-pub fn await_final_results(
+/// Polls `topic` read_committed until it holds every final result of `want` (or 10 minutes
+/// pass), failing at once if a worker in `running` exits (with its log, found beside its
+/// topology file in `workers`); then stops every worker with SIGTERM, reads the topic a last
+/// time and asserts that it holds each window's final result exactly once and equals `want`.
+pub fn assert_final_results_exactly_once(
     topic: &str,
-    schema: &ResultSchema,
-    want: usize,
+    want: &Expected,
     running: &mut Workers,
-    topology_files: &[PathBuf],
-) -> (ResultMap, usize) {
+    workers: &[(PathBuf, String)],
+) {
+    let schema: &ResultSchema = &want.schema;
+    let topology_files: Vec<&PathBuf> = workers.iter().map(|(file, _)| file).collect();
+    let want_results = &want.results;
+    let want = want_results.len();
     let started = Instant::now();
     let (mut got, mut duplicates) = finals(&committed_results(topic), schema);
     while got.len() < want && started.elapsed() < Duration::from_secs(600) {
@@ -287,7 +292,7 @@ pub fn await_final_results(
             if let Some(status) = child.try_wait().unwrap() {
                 panic!(
                     "worker {w} exited ({status}):\n{}",
-                    run_log_tail(&topology_files[*w], 4000)
+                    run_log_tail(topology_files[*w], 4000)
                 );
             }
         }
@@ -309,5 +314,10 @@ pub fn await_final_results(
     }
     // Late stragglers after the workers stopped would show up here.
     let (got, duplicates_after) = finals(&committed_results(topic), schema);
-    (got, duplicates.max(duplicates_after))
+    assert_eq!(
+        duplicates.max(duplicates_after),
+        0,
+        "windows with two final results"
+    );
+    assert_same_results(&got, want_results, "committed result topic");
 }
