@@ -174,23 +174,16 @@ impl Coordinator {
         )?;
         let prepared = f.started.elapsed();
 
-        for (sink, bytes) in self.sinks.iter_mut().zip(staged.iter()) {
-            if let Some(lease) = &self.lease {
-                lease.check()?;
-            }
-            commit_with_retry(sink.as_mut(), epoch, bytes, &self.stop, &self.metrics)?;
+        let staged: Vec<&[u8]> = staged.iter().map(Vec::as_slice).collect();
+        EpochCommit {
+            store: self.store.as_ref(),
+            replica: self.replica.as_ref(),
+            lease: self.lease.as_deref(),
+            stop: &self.stop,
+            metrics: &self.metrics,
         }
+        .run(&mut self.sinks, epoch, &staged)?;
         let committed = f.started.elapsed();
-        let mut done = StateBatch::default();
-        write_committed(&mut done, epoch);
-        // Not synced: if an operating-system crash loses the marker, recovery commits the
-        // prepared epoch again from its staged outputs, which the sink fences make a no-op.
-        persist(
-            self.replica.as_ref(),
-            self.store.as_ref(),
-            done,
-            Durability::Unsynced,
-        )?;
         for s in &self.sources {
             let _ = s.control.send(SourceControl::Committed(epoch));
         }
@@ -211,11 +204,44 @@ impl Coordinator {
             epoch,
             aligned_us = aligned.as_micros() as u64,
             prepared_us = prepared.as_micros() as u64,
-            sinks_committed_us = committed.as_micros() as u64,
+            committed_us = committed.as_micros() as u64,
             total_us = took_us,
             "epoch committed"
         );
         Ok(())
+    }
+}
+
+/// What committing a prepared epoch needs besides the sinks and their staged outputs.
+pub(crate) struct EpochCommit<'a> {
+    pub store: &'a dyn StateStore,
+    pub replica: Option<&'a Arc<dyn CheckpointReplica>>,
+    /// A fleet task's lease, checked before each sink commit.
+    pub lease: Option<&'a LeaseGuard>,
+    pub stop: &'a AtomicBool,
+    pub metrics: &'a JobMetrics,
+}
+
+impl EpochCommit<'_> {
+    /// Commits `epoch` to each sink with its staged outputs (`staged[i]` for `sinks[i]`),
+    /// retrying passing failures, then records the epoch committed. The marker is not synced:
+    /// if an operating-system crash loses it, recovery commits the prepared epoch again from
+    /// its staged outputs, which the sink fences make a no-op.
+    pub fn run(
+        &self,
+        sinks: &mut [Box<dyn Sink>],
+        epoch: Epoch,
+        staged: &[&[u8]],
+    ) -> Result<(), JobError> {
+        for (sink, bytes) in sinks.iter_mut().zip(staged) {
+            if let Some(lease) = self.lease {
+                lease.check()?;
+            }
+            commit_with_retry(sink.as_mut(), epoch, bytes, self.stop, self.metrics)?;
+        }
+        let mut done = StateBatch::default();
+        write_committed(&mut done, epoch);
+        persist(self.replica, self.store, done, Durability::Unsynced)
     }
 }
 

@@ -9,18 +9,17 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, unbounded, Sender};
 
 use crate::checkpoint::{
-    decide_recovery, next_epoch, read_positions, read_progress, read_staged, write_committed,
-    RecoveryDecision,
+    decide_recovery, next_epoch, read_positions, read_progress, read_staged, RecoveryDecision,
 };
 use crate::event::FieldSlots;
-use crate::state::{RocksStateStore, StateBatch, StateStore};
+use crate::state::{RocksStateStore, StateStore};
 use crate::time::PartitionWatermark;
 use crate::topology::{SinkSpec, SourceSpec, Topology};
 use crate::window::WindowOperator;
 
-use super::coordinator::{commit_with_retry, Coordinator, SourceHandle};
+use super::coordinator::{Coordinator, EpochCommit, SourceHandle};
 use super::exchange::{Exchange, ExchangeRequest};
-use super::fleet::{persist, CheckpointReplica, Durability, LeaseGuard};
+use super::fleet::{CheckpointReplica, LeaseGuard};
 use super::messages::CoordMessage;
 use super::metrics::{JobMetrics, MetricsSnapshot};
 use super::plan::PipelinePlan;
@@ -228,21 +227,18 @@ impl Job {
             );
             let staged: HashMap<String, Vec<u8>> =
                 read_staged(store.as_ref(), epoch)?.into_iter().collect();
-            for sink in sinks.iter_mut() {
-                let bytes = staged.get(sink.name()).map(Vec::as_slice).unwrap_or(&[]);
-                if let Some(lease) = &options.lease {
-                    lease.check()?;
-                }
-                commit_with_retry(sink.as_mut(), epoch, bytes, &options.stop, &metrics)?;
+            let bytes: Vec<&[u8]> = sinks
+                .iter()
+                .map(|sink| staged.get(sink.name()).map(Vec::as_slice).unwrap_or(&[]))
+                .collect();
+            EpochCommit {
+                store: store.as_ref(),
+                replica: options.replica.as_ref(),
+                lease: options.lease.as_deref(),
+                stop: &options.stop,
+                metrics: &metrics,
             }
-            let mut batch = StateBatch::default();
-            write_committed(&mut batch, epoch);
-            persist(
-                options.replica.as_ref(),
-                store.as_ref(),
-                batch,
-                Durability::Synced,
-            )?;
+            .run(&mut sinks, epoch, &bytes)?;
         }
         match decision {
             RecoveryDecision::Fresh => tracing::info!("starting fresh"),
