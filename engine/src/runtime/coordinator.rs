@@ -52,6 +52,9 @@ pub(crate) struct Coordinator {
     pub replica: Option<Arc<dyn CheckpointReplica>>,
     /// A fleet task's lease, checked before each sink commit.
     pub lease: Option<Arc<LeaseGuard>>,
+    /// The last epoch committed (by recovery, then by this coordinator); its "committed"
+    /// marker rides with the next epoch's prepared batch to the replica.
+    pub last_committed: Option<Epoch>,
 }
 
 impl Coordinator {
@@ -127,7 +130,7 @@ impl Coordinator {
                     // Barriers go out every interval, counted from the previous barrier: a
                     // result waits at most one interval plus one checkpoint to be committed.
                     let due = f.started + self.interval;
-                    self.finish_epoch(f)?;
+                    self.finish_epoch(f, finished || stopping)?;
                     next_checkpoint = due;
                     if finished || stopping {
                         return Ok(());
@@ -137,9 +140,16 @@ impl Coordinator {
         }
     }
 
-    fn finish_epoch(&mut self, f: InFlight) -> Result<(), JobError> {
+    /// Prepares, commits and records epoch `f`; `last` when no epoch follows it.
+    fn finish_epoch(&mut self, f: InFlight, last: bool) -> Result<(), JobError> {
         let epoch = f.epoch;
         let mut batch = StateBatch::default();
+        // The previous epoch's marker, already in the local store, reaches the replica here
+        // (see `EpochCommit::replicate_marker`). First: it clears staged outputs up to that
+        // epoch, before this epoch's are added.
+        if let Some(previous) = self.last_committed {
+            write_committed(&mut batch, previous);
+        }
         let mut staged: Vec<Vec<u8>> = vec![Vec::new(); self.sinks.len()];
         let mut open_windows = 0;
         let mut watermark = i64::MAX;
@@ -178,11 +188,13 @@ impl Coordinator {
         EpochCommit {
             store: self.store.as_ref(),
             replica: self.replica.as_ref(),
+            replicate_marker: last,
             lease: self.lease.as_deref(),
             stop: &self.stop,
             metrics: &self.metrics,
         }
         .run(&mut self.sinks, epoch, &staged)?;
+        self.last_committed = Some(epoch);
         let committed = f.started.elapsed();
         for s in &self.sources {
             let _ = s.control.send(SourceControl::Committed(epoch));
@@ -216,6 +228,11 @@ impl Coordinator {
 pub(crate) struct EpochCommit<'a> {
     pub store: &'a dyn StateStore,
     pub replica: Option<&'a Arc<dyn CheckpointReplica>>,
+    /// Whether the "committed" marker is replicated now (a task's last epoch, a recovery) or
+    /// only written locally, reaching the replica with the next epoch's prepared batch. A
+    /// replica without it makes the next owner commit the epoch again, a no-op behind the sink
+    /// fences; waiting saves a replica write (a changelog transaction) per checkpoint.
+    pub replicate_marker: bool,
     /// A fleet task's lease, checked before each sink commit.
     pub lease: Option<&'a LeaseGuard>,
     pub stop: &'a AtomicBool,
@@ -241,7 +258,8 @@ impl EpochCommit<'_> {
         }
         let mut done = StateBatch::default();
         write_committed(&mut done, epoch);
-        persist(self.replica, self.store, done, Durability::Unsynced)
+        let replica = self.replica.filter(|_| self.replicate_marker);
+        persist(replica, self.store, done, Durability::Unsynced)
     }
 }
 

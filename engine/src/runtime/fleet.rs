@@ -486,8 +486,10 @@ fn open_task(
     Ok((replica, dir))
 }
 
-/// Makes `dir` hold the replica's state: the local store is reused when it is at the same
-/// epochs as the replica (this worker held the task last), else rebuilt from the replica.
+/// Makes `dir` hold the replica's state: the local store is reused when it holds the same
+/// prepared epoch as the replica (this worker held the task last) and a "committed" marker at
+/// least as recent (the replica receives an epoch's marker with the next epoch's batch), else
+/// it is rebuilt from the replica.
 fn prepare_local_state(
     dir: &Path,
     replica: &dyn CheckpointReplica,
@@ -498,7 +500,9 @@ fn prepare_local_state(
     if dir.exists() {
         let local = RocksStateStore::open(dir).and_then(|s| read_progress(&s));
         match local {
-            Ok(local) if local == remote => {
+            Ok(local)
+                if local.prepared == remote.prepared && local.committed >= remote.committed =>
+            {
                 tracing::info!(task, ?remote, "local state is current; reusing it");
                 return Ok(());
             }
@@ -574,6 +578,53 @@ pub(crate) fn persist(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checkpoint::{write_committed, write_prepared, Epoch};
+
+    /// A replica at fixed epochs whose restore only counts its calls.
+    struct FixedReplica(Progress);
+
+    impl CheckpointReplica for FixedReplica {
+        fn progress(&self) -> Result<Progress, FleetError> {
+            Ok(self.0)
+        }
+        fn restore(&self, _store: &dyn StateStore) -> Result<u64, FleetError> {
+            Ok(0)
+        }
+        fn replicate(&self, _batch: &StateBatch) -> Result<(), FleetError> {
+            Ok(())
+        }
+    }
+
+    /// Whether `prepare_local_state` rebuilt a local store at (`prepared`, `committed`) for a
+    /// replica at `remote`.
+    fn rebuilt(prepared: Epoch, committed: Epoch, remote: Progress) -> bool {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("p0");
+        {
+            let store = RocksStateStore::open(&dir).unwrap();
+            let mut batch = StateBatch::default();
+            write_prepared(&mut batch, prepared);
+            write_committed(&mut batch, committed);
+            store.write(batch).unwrap();
+        }
+        let metrics = FleetMetrics::default();
+        prepare_local_state(&dir, &FixedReplica(remote), "p0", &metrics).unwrap();
+        metrics.restores.load(Ordering::Relaxed) == 1
+    }
+
+    #[test]
+    fn a_local_store_is_reused_only_at_the_replicas_prepared_epoch_and_a_marker_as_recent() {
+        let at = |prepared, committed| Progress {
+            prepared: Some(prepared),
+            committed: Some(committed),
+        };
+        assert!(!rebuilt(5, 5, at(5, 5)), "same epochs");
+        // The replica receives an epoch's marker with the next epoch's batch.
+        assert!(!rebuilt(5, 5, at(5, 4)), "marker not yet replicated");
+        assert!(rebuilt(5, 4, at(5, 5)), "local marker behind the replica's");
+        assert!(rebuilt(4, 4, at(5, 4)), "local state behind");
+        assert!(rebuilt(6, 5, at(5, 5)), "local state ahead of the replica");
+    }
 
     #[test]
     fn a_lease_guard_refuses_commits_in_the_second_half_of_the_lease() {

@@ -234,6 +234,7 @@ impl Job {
             EpochCommit {
                 store: store.as_ref(),
                 replica: options.replica.as_ref(),
+                replicate_marker: true,
                 lease: options.lease.as_deref(),
                 stop: &options.stop,
                 metrics: &metrics,
@@ -374,6 +375,11 @@ impl Job {
             metrics: metrics.clone(),
             replica: options.replica,
             lease: options.lease,
+            last_committed: match decision {
+                RecoveryDecision::Fresh => None,
+                RecoveryDecision::Resume { epoch }
+                | RecoveryDecision::RecommitThenResume { epoch } => Some(epoch),
+            },
         };
         Ok(Job {
             metrics,
