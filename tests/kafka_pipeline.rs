@@ -6,11 +6,10 @@
 //! Needs `WEIR_TEST_KAFKA` (`eval "$(scripts/services.sh start kafka)"`). The event count is
 //! `WEIR_KAFKA_E2E_EVENTS` (default 1,000,000).
 //!
-//! Ignored in CI: noida-db (the test broker) sometimes never finishes a rebalance that
-//! includes a killed worker: the group sat in `CompletingRebalance` with the dead member
-//! listed and no assignment, for minutes, so every live worker idled (Kafka would expire the
-//! member after `session.timeout.ms`). Waiting for a settled group before each kill and for
-//! the killed worker's session to run out before its replacement starts does not prevent it.
+//! A killed worker's group member is removed once its session has run out, by the test, as
+//! Kafka's group coordinator would: the test broker never expires it (see
+//! `kill_9_and_expire`). Ignored in CI: the broker's rebalances are still unreliable (see the
+//! README's test section).
 
 mod common;
 
@@ -92,7 +91,7 @@ fn produce(dir: &Path, prefix: &str, count: u64) -> Vec<PathBuf> {
 }
 
 #[test]
-#[ignore = "noida-db, the test broker, can leave a consumer group waiting forever for a killed member (elected leader of a rebalance it never finishes); run it with `cargo test --test <name> -- --ignored`"]
+#[ignore = "the test broker (noida-db 0.2.3) never expires a killed member, which the test now does in its place, but its rebalances are still not reliable enough for CI (once it gave the same partitions to two members at once); run it with `cargo test --test <name> -- --ignored`"]
 fn a_fleet_sharing_a_topic_survives_kill_9_and_matches_the_oracle() {
     let events: u64 = std::env::var("WEIR_KAFKA_E2E_EVENTS")
         .ok()
@@ -114,18 +113,15 @@ fn a_fleet_sharing_a_topic_survives_kill_9_and_matches_the_oracle() {
     }
     // Kill a random worker at a random moment of its processing and start a replacement with
     // its own (stale or empty) state; a fourth worker joins after the second kill. Kills wait
-    // for a settled group and replacements for the killed worker's session to run out (see
-    // `await_stable_group`).
+    // for a settled group, and replacements for the killed worker's session to run out.
     let mut next = 3;
     for round in 0..3 {
         std::thread::sleep(Duration::from_millis(rng.random_range(1_000..4_000)));
         await_stable_group(&prefix, running.len());
         let victims: Vec<usize> = running.keys().copied().collect();
         let victim = victims[rng.random_range(0..victims.len())];
-        let mut child = running.remove(&victim).unwrap();
-        child.kill().unwrap(); // SIGKILL
-        let _ = child.wait();
-        std::thread::sleep(SESSION_EXPIRY);
+        let child = running.remove(&victim).unwrap();
+        kill_9_and_expire(child, &prefix, SESSION_EXPIRY);
         running.insert(next % 6, spawn_run(&workers[next % 6].0, &[]));
         next += 1;
         if round == 1 {

@@ -74,7 +74,7 @@ fn produce(dir: &Path, prefix: &str, count: u64) -> Vec<PathBuf> {
 }
 
 #[test]
-#[ignore = "noida-db, the test broker, can leave a consumer group waiting forever for a killed member (elected leader of a rebalance it never finishes); run it with `cargo test --test <name> -- --ignored`"]
+#[ignore = "the test broker (noida-db 0.2.3) never expires a killed member, which the test now does in its place, but its rebalances are still not reliable enough for CI (once it gave the same partitions to two members at once); run it with `cargo test --test <name> -- --ignored`"]
 fn repartitioned_fleet_survives_kill_9_and_matches_the_oracle() {
     let events: u64 = std::env::var("WEIR_KAFKA_REPARTITION_EVENTS")
         .ok()
@@ -119,14 +119,13 @@ fn repartitioned_fleet_survives_kill_9_and_matches_the_oracle() {
     }
     // Kill one worker mid-run (its tasks hold stage-1 and stage-2 state and open
     // transactions) and start a replacement with empty state.
-    // Kills wait for a settled group and replacements for the killed worker's session to
-    // run out, to narrow the test broker's window for a stuck group (see `await_stable_group`).
+    // The kill waits for a settled group and the replacement for the killed worker's session
+    // to run out (see `kill_9_and_expire`).
     std::thread::sleep(Duration::from_millis(3_000));
     await_stable_group(&prefix, 3);
-    let mut victim = running.remove(&1).unwrap();
-    victim.kill().unwrap(); // SIGKILL
-    let _ = victim.wait();
-    std::thread::sleep(Duration::from_millis(7_000)); // > session_timeout_ms
+    let victim = running.remove(&1).unwrap();
+    // Longer than `session_timeout_ms`.
+    kill_9_and_expire(victim, &prefix, Duration::from_millis(7_000));
     running.insert(3, spawn_run(&workers[3].0, &[]));
     await_stable_group(&prefix, 3);
 

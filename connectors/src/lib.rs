@@ -267,7 +267,7 @@ impl Connectors for Registry {
                         )),
                     };
                 Ok(Arc::new(
-                    kafka::KafkaFleet::join(job, &source, &config)
+                    kafka::KafkaFleet::join(job, &source, &config, spec.worker_id.as_deref())
                         .map_err(|e| JobError::Task(e.to_string()))?,
                 ))
             }

@@ -53,12 +53,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let stop = Arc::new(AtomicBool::new(false));
     install_stop_handler(stop.clone());
-    if let Some(fleet) = &Registry.implied_fleet(&topology) {
+    if let Some(mut fleet) = Registry.implied_fleet(&topology) {
+        // Resolved before the backend opens, so that the backend can name this worker too
+        // (a Kafka group member's `client.id`).
+        let worker_id = fleet
+            .worker_id
+            .get_or_insert_with(default_worker_id)
+            .clone();
         let backend = Registry
-            .open_fleet(&topology, fleet)
+            .open_fleet(&topology, &fleet)
             .context("cannot join the fleet")?;
         let options = WorkerOptions {
-            worker_id: fleet.worker_id.clone().unwrap_or_else(default_worker_id),
+            worker_id,
             lease_ttl: std::time::Duration::from_millis(fleet.lease_ttl.as_millis()),
             shards: args.shards,
             stop,

@@ -118,11 +118,14 @@ pub struct KafkaFleet {
 
 impl KafkaFleet {
     /// Joins `source`'s consumer group for job `job` and makes sure the changelog topic
-    /// (`<job>-changelog`, compacted, one partition per task) exists.
+    /// (`<job>-changelog`, compacted, one partition per task) exists. The group member's
+    /// `client.id` is `weir-<job>-<worker_id>` unless the source's settings give one, so a
+    /// group listing tells which worker each member is.
     pub fn join(
         job: &str,
         source: &KafkaSourceConfig,
         config: &KafkaFleetConfig,
+        worker_id: Option<&str>,
     ) -> Result<KafkaFleet, FleetError> {
         let client = client_config(&source.brokers, &source.settings);
         let tasks = task_partitions(source).map_err(|e| FleetError::Fatal(e.to_string()))?;
@@ -161,6 +164,11 @@ impl KafkaFleet {
             // A worker joining or leaving moves only the partitions it takes or gives: the
             // other tasks keep running instead of all stopping at every rebalance.
             .set_default("partition.assignment.strategy", "cooperative-sticky");
+        // `client_config` names every client `weir`; a user's own `client.id` is kept.
+        let user_client_id = source.settings.contains_key("client.id");
+        if let (Some(worker), false) = (worker_id, user_client_id) {
+            member_config.set("client.id", format!("weir-{job}-{worker}"));
+        }
         let member: BaseConsumer<MemberContext> = member_config
             .create_with_context(MemberContext {
                 shared: shared.clone(),
