@@ -258,6 +258,12 @@ impl FleetMetrics {
         tasks.remove(task);
     }
 
+    /// The job metrics of the tasks running now.
+    pub fn task_metrics(&self) -> Vec<std::sync::Arc<JobMetrics>> {
+        let tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        tasks.values().cloned().collect()
+    }
+
     /// Ready while at least one task runs and every running task is ready.
     pub fn is_ready(&self) -> bool {
         let tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());

@@ -2,8 +2,12 @@
 //!
 //! - `kafka-source`: a keyed input topic read end to end by a plain consumer (counting
 //!   messages) and by a Weir job through a tumbling window into a transactional result topic.
+//! - `kafka-source-fleet`: the same, with Weir run as `weir run` runs a Kafka topology (a fleet
+//!   worker: a task per partition, checkpoints replicated to a changelog topic).
 //! - `kafka-latency`: event-to-result latency of an unbounded Weir job (`emit: on_update`,
 //!   checkpoint every 100 ms) fed at a steady rate, seen by a `read_committed` consumer.
+//! - `kafka-latency-fleet`: the same, with Weir run as `weir run` runs a Kafka topology (a
+//!   fleet worker: a task per partition, checkpoints replicated to a changelog topic).
 //! - `kafka-restore`: a changelog partition holding a task's state, read by a plain
 //!   `read_committed` consumer and restored by [`ChangelogReplica`] into a fresh RocksDB store.
 //!
@@ -21,8 +25,10 @@ use weir_connectors::kafka::decode::rdkafka;
 use weir_connectors::kafka::{ChangelogReplica, EofAwareContext};
 use weir_connectors::Registry;
 use weir_engine::checkpoint::{read_progress, write_committed, write_prepared, Progress};
-use weir_engine::runtime::fleet::CheckpointReplica;
-use weir_engine::runtime::{Job, JobOptions, JobSummary};
+use weir_engine::runtime::fleet::{run_worker, CheckpointReplica, WorkerOptions};
+use weir_engine::runtime::{
+    Connectors as _, FleetMetrics, Job, JobMetrics, JobOptions, JobSummary,
+};
 use weir_engine::state::{RocksStateStore, StateBatch, StateStore, Table};
 use weir_engine::topology::load_str;
 
@@ -84,10 +90,16 @@ pub(super) fn run(
         for section in sections {
             match section {
                 KafkaSection::Source => {
-                    measured.push(source_section(brokers, args, names, &mut topics)?)
+                    measured.push(source_section(brokers, args, names, &mut topics, false)?)
+                }
+                KafkaSection::SourceFleet => {
+                    measured.push(source_section(brokers, args, names, &mut topics, true)?)
                 }
                 KafkaSection::Latency => {
-                    latencies.push(latency_section(brokers, args, names, &mut topics)?)
+                    latencies.push(latency_section(brokers, args, names, &mut topics, false)?)
+                }
+                KafkaSection::LatencyFleet => {
+                    latencies.push(latency_section(brokers, args, names, &mut topics, true)?)
                 }
                 KafkaSection::Restore => {
                     measured.push(restore_section(brokers, args, names, &mut topics)?)
@@ -394,15 +406,20 @@ fn fill_input(
 }
 
 /// `kafka-source`: the plain consumer's rate against Weir's, same topic, same run.
+/// `kafka-source` (`fleet`: `kafka-source-fleet`): the input read by plain consumers, before
+/// and after Weir reads it. With `fleet`, Weir runs as `weir run` runs a Kafka topology (a fleet
+/// worker, a task per partition, changelog replicas); else as one job over every partition.
 fn source_section(
     brokers: &str,
     args: &BenchIoArgs,
     names: &RunNames,
     topics: &mut Topics,
+    fleet: bool,
 ) -> anyhow::Result<Measurement> {
     let partitions = args.kafka_partitions;
-    let input = format!("weir-bench-{}-events", names.id);
-    let results = format!("weir-bench-{}-results", names.id);
+    let kind = if fleet { "fleet-" } else { "" };
+    let input = format!("weir-bench-{}-{kind}events", names.id);
+    let results = format!("weir-bench-{}-{kind}results", names.id);
     topics.create(&input, partitions, false)?;
     fill_input(brokers, &input, partitions, args.events, args.keys)?;
 
@@ -426,8 +443,8 @@ fn source_section(
     let before = read_plain("before Weir")?;
 
     eprintln!("  kafka-source: Weir ...");
-    let job = format!("bench-io-{}-kafka", names.id);
-    let state = args.dir.join(format!("{}-kafka", names.id));
+    let job = format!("bench-io-{}-{kind}kafka", names.id);
+    let state = args.dir.join(format!("{}-{kind}kafka", names.id));
     let yaml = SOURCE_TOPOLOGY
         .replace("@JOB@", &job)
         .replace("@BROKERS@", brokers)
@@ -435,11 +452,15 @@ fn source_section(
         .replace("@RESULTS@", &results)
         .replace("@STATE@", &state.display().to_string());
     topics.adopt(&results);
-    let run = run_in_phases(&yaml);
+    let run = if fleet {
+        topics.adopt(&format!("{job}-changelog"));
+        run_fleet_to_end(&yaml, partitions)
+    } else {
+        run_in_phases(&yaml)
+    };
     let _ = std::fs::remove_dir_all(&state);
-    let (summary, build_time, weir_time) = run?;
-    let metrics = &summary.metrics;
-    check_count("Weir's source", metrics.events_in, args.events)?;
+    let (run, build_time, weir_time) = run?;
+    check_count("Weir's source", run.events_in, args.events)?;
     let (landed, _) = read_to_end(
         &reader(brokers, &format!("{job}-check")),
         &results,
@@ -448,7 +469,7 @@ fn source_section(
     check_count(
         "the read_committed reader of the result topic",
         landed,
-        metrics.results_out,
+        run.results_out,
     )?;
     let after = read_plain("after Weir")?;
     let one_time = (before[0] + after[0]) / 2;
@@ -464,36 +485,47 @@ fn source_section(
             each_time,
         )
     };
+    let mut checkpoints_ms: Vec<String> = run
+        .checkpoint_durations_us
+        .iter()
+        .map(|us| (us / 1000).to_string())
+        .collect();
+    checkpoints_ms.truncate(12);
+    let how = if fleet {
+        format!("as `weir run` runs it: a fleet worker, {partitions} tasks, changelog replicas")
+    } else {
+        "one job".to_string()
+    };
     Ok(Measurement {
-        section: KafkaSection::Source.name(),
+        section: if fleet {
+            KafkaSection::SourceFleet.name()
+        } else {
+            KafkaSection::Source.name()
+        },
         baseline,
-        weir: "Weir: tumbling 1m count+sum per key -> kafka (transactional), exactly once, \
-               checkpoint 1 s"
-            .into(),
+        weir: format!(
+            "Weir: tumbling 1m count+sum per key -> kafka (transactional), exactly once, \
+             checkpoint 1 s, {how}"
+        ),
         unit: "events",
         baseline_per_s: args.events as f64 / plain_time.as_secs_f64(),
-        weir_per_s: metrics.events_in as f64 / weir_time.as_secs_f64(),
+        weir_per_s: run.events_in as f64 / weir_time.as_secs_f64(),
         floor: Some(SOURCE_FLOOR),
         detail: format!(
             "{} events; plain before/after Weir: 1 consumer {:.2}/{:.2} s, 1 per partition \
-             {:.2}/{:.2} s; Weir {:.2} s = build {:.2} s + run {:.2} s (checkpoints {} ms); {} \
+             {:.2}/{:.2} s; Weir {:.2} s = start {:.2} s + run {:.2} s (checkpoints {} ms); {} \
              window results (all read back committed), {} epochs",
-            metrics.events_in,
+            run.events_in,
             before[0].as_secs_f64(),
             after[0].as_secs_f64(),
             before[1].as_secs_f64(),
             after[1].as_secs_f64(),
             weir_time.as_secs_f64(),
             build_time.as_secs_f64(),
-            summary.elapsed.as_secs_f64(),
-            summary
-                .checkpoint_durations_us
-                .iter()
-                .map(|us| (us / 1000).to_string())
-                .collect::<Vec<_>>()
-                .join("+"),
-            metrics.results_out,
-            metrics.epochs_committed
+            (weir_time - build_time).as_secs_f64(),
+            checkpoints_ms.join("+"),
+            run.results_out,
+            run.epochs
         ),
     })
 }
@@ -501,20 +533,56 @@ fn source_section(
 /// Partitions of the result topics Weir's sinks create.
 const RESULT_PARTITIONS: u32 = 3;
 
+/// What Weir did in a section, summed over its tasks.
+struct WeirRun {
+    events_in: u64,
+    results_out: u64,
+    epochs: u64,
+    checkpoint_durations_us: Vec<u64>,
+}
+
+impl WeirRun {
+    /// The sums of fleet tasks' job metrics.
+    fn sum(tasks: &[Arc<JobMetrics>]) -> WeirRun {
+        let sum = |f: fn(&JobMetrics) -> &std::sync::atomic::AtomicU64| -> u64 {
+            tasks.iter().map(|t| f(t).load(Ordering::Relaxed)).sum()
+        };
+        WeirRun {
+            events_in: sum(|m| &m.events_in),
+            results_out: sum(|m| &m.results_out),
+            epochs: sum(|m| &m.epochs_committed),
+            checkpoint_durations_us: tasks
+                .iter()
+                .flat_map(|t| {
+                    t.checkpoint_durations_us
+                        .lock()
+                        .map(|d| d.clone())
+                        .unwrap_or_default()
+                })
+                .collect(),
+        }
+    }
+}
+
 /// `kafka-latency`: a paced producer, an unbounded Weir job, a `read_committed` consumer
-/// timing each result against the newest event in it.
+/// timing each result against the newest event in it. With `fleet`, Weir runs as `weir run`
+/// runs a Kafka topology: one fleet worker in the source's consumer group, a task (job) per
+/// partition, each replicating its checkpoints to the changelog topic; else as one job over
+/// every partition whose prepared epochs are synced to its local store.
 fn latency_section(
     brokers: &str,
     args: &BenchIoArgs,
     names: &RunNames,
     topics: &mut Topics,
+    fleet: bool,
 ) -> anyhow::Result<LatencyMeasurement> {
     anyhow::ensure!(args.latency_rate > 0.0, "--latency-rate must be positive");
-    let input = format!("weir-bench-{}-live", names.id);
-    let results = format!("weir-bench-{}-latest", names.id);
+    let kind = if fleet { "fleet" } else { "latency" };
+    let input = format!("weir-bench-{}-{kind}-live", names.id);
+    let results = format!("weir-bench-{}-{kind}-latest", names.id);
     topics.create(&input, args.kafka_partitions, false)?;
-    let job_name = format!("bench-io-{}-latency", names.id);
-    let state = args.dir.join(format!("{}-latency", names.id));
+    let job_name = format!("bench-io-{}-{kind}", names.id);
+    let state = args.dir.join(format!("{}-{kind}", names.id));
     let yaml = LATENCY_TOPOLOGY
         .replace("@JOB@", &job_name)
         .replace("@BROKERS@", brokers)
@@ -522,11 +590,93 @@ fn latency_section(
         .replace("@RESULTS@", &results)
         .replace("@STATE@", &state.display().to_string());
     topics.adopt(&results);
+    if fleet {
+        topics.adopt(&format!("{job_name}-changelog"));
+    }
+    let measure = || measure_latency(brokers, args, &input, &results, &job_name);
+    let measured = if fleet {
+        run_fleet_while(&yaml, args.kafka_partitions, measure)
+    } else {
+        run_job_while(&yaml, measure)
+    };
+    let _ = std::fs::remove_dir_all(&state);
+    let ((sent, mut reader), run) = measured?;
+    check_count("Weir's source", run.events_in, sent.count)?;
+    // The job's last epoch committed after the stop: the reader must see every result.
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    while reader.seen < run.results_out && Instant::now() < deadline {
+        reader.poll_once(Duration::from_millis(100))?;
+    }
+    if reader.seen < run.results_out {
+        bail!(
+            "the read_committed reader of the results saw {}, Weir wrote {}",
+            reader.seen,
+            run.results_out
+        );
+    }
+    let mut lat = reader.latencies_us;
+    anyhow::ensure!(
+        !lat.is_empty(),
+        "no result after the warm-up: run longer (--latency-secs)"
+    );
+    lat.sort_unstable();
+    let mut checkpoints: Vec<i64> = run
+        .checkpoint_durations_us
+        .iter()
+        .map(|&us| us as i64)
+        .collect();
+    checkpoints.sort_unstable();
+    let ms = |sorted: &[i64], q: f64| quantile(sorted, q) as f64 / 1000.0;
+    let how = if fleet {
+        format!(
+            "as `weir run` runs it: a fleet worker, {} tasks, changelog replicas",
+            args.kafka_partitions
+        )
+    } else {
+        "one job, synced local checkpoints".to_string()
+    };
+    Ok(LatencyMeasurement {
+        section: if fleet {
+            KafkaSection::LatencyFleet.name()
+        } else {
+            KafkaSection::Latency.name()
+        },
+        what: format!(
+            "event sent -> result visible to read_committed, {}/s for {} s, tumbling 1 s \
+             on_update, checkpoint 100 ms, {how}",
+            rate(args.latency_rate),
+            args.latency_secs
+        ),
+        p50_ms: ms(&lat, 0.50),
+        p99_ms: ms(&lat, 0.99),
+        max_ms: ms(&lat, 1.0),
+        ceiling_p99_ms: Some(LATENCY_P99_CEILING_MS),
+        detail: format!(
+            "{} events sent at {}/s, {} results ({} timed after a {} s warm-up), {} epochs, \
+             checkpoint p50/p99 {:.0}/{:.0} ms",
+            sent.count,
+            rate(sent.achieved_rate),
+            run.results_out,
+            lat.len(),
+            WARM_UP.as_secs(),
+            run.epochs,
+            ms(&checkpoints, 0.50),
+            ms(&checkpoints, 0.99)
+        ),
+    })
+}
+
+/// Builds `yaml`'s job, runs `measure` while the job runs, then stops the job (after its
+/// last checkpoint).
+fn run_job_while<T>(
+    yaml: &str,
+    measure: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<(T, WeirRun)> {
     let stop = Arc::new(AtomicBool::new(false));
-    let measured = std::thread::scope(|scope| {
+    std::thread::scope(|scope| {
         let (built_tx, built_rx) = mpsc::channel::<()>();
         let job = {
-            let (stop, yaml) = (stop.clone(), yaml.as_str());
+            let stop = stop.clone();
             scope.spawn(move || -> anyhow::Result<JobSummary> {
                 let job = build_job(yaml, stop)?;
                 let _ = built_tx.send(());
@@ -543,62 +693,60 @@ fn latency_section(
                 .err()
                 .unwrap_or_else(|| anyhow::anyhow!("the latency job ended early")));
         }
-        let measured = measure_latency(brokers, args, &input, &results, &job_name);
+        let measured = measure();
         stop.store(true, Ordering::Relaxed);
         let summary = join(job);
-        let (sent, reader) = measured?;
-        Ok((sent, reader, summary?))
-    });
-    let _ = std::fs::remove_dir_all(&state);
-    let (sent, mut reader, summary) = measured?;
-    check_count("Weir's source", summary.metrics.events_in, sent.count)?;
-    // The job's last epoch committed after the stop: the reader must see every result.
-    let deadline = Instant::now() + DRAIN_TIMEOUT;
-    while reader.seen < summary.metrics.results_out && Instant::now() < deadline {
-        reader.poll_once(Duration::from_millis(100))?;
-    }
-    check_count(
-        "the read_committed reader of the results",
-        reader.seen,
-        summary.metrics.results_out,
-    )?;
-    let mut lat = reader.latencies_us;
-    anyhow::ensure!(
-        !lat.is_empty(),
-        "no result after the warm-up: run longer (--latency-secs)"
-    );
-    lat.sort_unstable();
-    let mut checkpoints: Vec<i64> = summary
-        .checkpoint_durations_us
-        .iter()
-        .map(|&us| us as i64)
-        .collect();
-    checkpoints.sort_unstable();
-    let ms = |sorted: &[i64], q: f64| quantile(sorted, q) as f64 / 1000.0;
-    Ok(LatencyMeasurement {
-        section: KafkaSection::Latency.name(),
-        what: format!(
-            "event sent -> result visible to read_committed, {}/s for {} s, tumbling 1 s \
-             on_update, checkpoint 100 ms",
-            rate(args.latency_rate),
-            args.latency_secs
-        ),
-        p50_ms: ms(&lat, 0.50),
-        p99_ms: ms(&lat, 0.99),
-        max_ms: ms(&lat, 1.0),
-        ceiling_p99_ms: Some(LATENCY_P99_CEILING_MS),
-        detail: format!(
-            "{} events sent at {}/s, {} results ({} timed after a {} s warm-up), {} epochs, \
-             checkpoint p50/p99 {:.0}/{:.0} ms",
-            sent.count,
-            rate(sent.achieved_rate),
-            summary.metrics.results_out,
-            lat.len(),
-            WARM_UP.as_secs(),
-            summary.metrics.epochs_committed,
-            ms(&checkpoints, 0.50),
-            ms(&checkpoints, 0.99)
-        ),
+        let measured = measured?;
+        let summary = summary?;
+        let m = &summary.metrics;
+        Ok((
+            measured,
+            WeirRun {
+                events_in: m.events_in,
+                results_out: m.results_out,
+                epochs: m.epochs_committed,
+                checkpoint_durations_us: summary.checkpoint_durations_us,
+            },
+        ))
+    })
+}
+
+/// Runs `yaml` as one fleet worker (what `weir run` does with a Kafka source), waits until
+/// it runs a task for each of the `partitions`, runs `measure`, reads the tasks' counters,
+/// then stops the worker (every task commits a last epoch).
+fn run_fleet_while<T>(
+    yaml: &str,
+    partitions: u32,
+    measure: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<(T, WeirRun)> {
+    let (topology, backend, options) = open_fleet_worker(yaml)?;
+    let (stop, metrics) = (options.stop.clone(), options.metrics.clone());
+    std::thread::scope(|scope| {
+        let worker = scope.spawn(|| run_worker(&topology, Arc::new(Registry), backend, options));
+        let started = Instant::now();
+        while metrics.task_metrics().len() < partitions as usize || !metrics.is_ready() {
+            if worker.is_finished() || started.elapsed() > DRAIN_TIMEOUT {
+                stop.store(true, Ordering::Relaxed);
+                let ended = worker.join();
+                bail!(
+                    "the fleet worker did not start its {partitions} tasks in {} s: {:?}",
+                    DRAIN_TIMEOUT.as_secs(),
+                    ended.map(|r| r.err())
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let measured = measure();
+        // Every event's result is visible now (or `measure` failed): the counters are final
+        // but for the last epochs' results, which the drain reads.
+        let run = WeirRun::sum(&metrics.task_metrics());
+        stop.store(true, Ordering::Relaxed);
+        let ended = worker
+            .join()
+            .map_err(|_| anyhow::anyhow!("the fleet worker panicked"))?;
+        let measured = measured?;
+        ended.context("the fleet worker failed")?;
+        Ok((measured, run))
     })
 }
 
@@ -611,14 +759,103 @@ fn quantile(sorted: &[i64], q: f64) -> i64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-/// Runs `yaml` to its end as `run_job` does, keeping the job's summary and the time its
-/// building took (connectors, topics, transactions, recovery) apart from the total.
-fn run_in_phases(yaml: &str) -> anyhow::Result<(JobSummary, Duration, Duration)> {
+/// Runs `yaml` to its end as one job; returns its counters, the time its building took
+/// (connectors, topics, transactions, recovery) and the total.
+fn run_in_phases(yaml: &str) -> anyhow::Result<(WeirRun, Duration, Duration)> {
     let started = Instant::now();
     let job = build_job(yaml, Arc::default())?;
     let built = started.elapsed();
     let summary = job.run().context("the benchmark job failed")?;
-    Ok((summary, built, started.elapsed()))
+    let m = &summary.metrics;
+    let run = WeirRun {
+        events_in: m.events_in,
+        results_out: m.results_out,
+        epochs: m.epochs_committed,
+        checkpoint_durations_us: summary.checkpoint_durations_us,
+    };
+    Ok((run, built, started.elapsed()))
+}
+
+/// Runs `yaml`, whose input is bounded, as one fleet worker until a task has run over each
+/// of the `partitions` and every task has ended; returns the tasks' counters, the time until
+/// the last task started (group join, per-task connectors, transactions, changelog) and the
+/// total.
+fn run_fleet_to_end(yaml: &str, partitions: u32) -> anyhow::Result<(WeirRun, Duration, Duration)> {
+    let started = Instant::now();
+    let (topology, backend, options) = open_fleet_worker(yaml)?;
+    let (stop, metrics) = (options.stop.clone(), options.metrics.clone());
+    std::thread::scope(|scope| {
+        let worker = scope.spawn(|| run_worker(&topology, Arc::new(Registry), backend, options));
+        // A finished task's metrics leave the worker's list: keep each one seen.
+        let mut tasks: Vec<Arc<JobMetrics>> = Vec::new();
+        let mut all_started = None;
+        loop {
+            for t in metrics.task_metrics() {
+                if !tasks.iter().any(|seen| Arc::ptr_eq(seen, &t)) {
+                    tasks.push(t);
+                }
+            }
+            let started_tasks = metrics.tasks_started.load(Ordering::Relaxed);
+            if started_tasks >= u64::from(partitions) && all_started.is_none() {
+                all_started = Some(started.elapsed());
+            }
+            if all_started.is_some() && metrics.tasks_running.load(Ordering::Relaxed) == 0 {
+                break;
+            }
+            if worker.is_finished() || started.elapsed() > IDLE_TIMEOUT {
+                stop.store(true, Ordering::Relaxed);
+                let ended = worker.join();
+                bail!(
+                    "the fleet worker did not finish its {partitions} tasks in {} s: {:?}",
+                    IDLE_TIMEOUT.as_secs(),
+                    ended.map(|r| r.err())
+                );
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let total = started.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        worker
+            .join()
+            .map_err(|_| anyhow::anyhow!("the fleet worker panicked"))?
+            .context("the fleet worker failed")?;
+        anyhow::ensure!(
+            tasks.len() == partitions as usize,
+            "saw {} tasks' metrics, expected {partitions}",
+            tasks.len()
+        );
+        Ok((WeirRun::sum(&tasks), all_started.unwrap_or(total), total))
+    })
+}
+
+/// Loads `yaml` and opens it as `weir run` opens a Kafka topology: the implied fleet, this
+/// process its one worker (`bench`).
+fn open_fleet_worker(
+    yaml: &str,
+) -> anyhow::Result<(
+    weir_engine::topology::Topology,
+    Arc<dyn weir_engine::runtime::fleet::FleetBackend>,
+    WorkerOptions,
+)> {
+    let topology = load_str(yaml, &Registry).map_err(|issues| {
+        let list: Vec<String> = issues.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!("invalid benchmark topology: {}", list.join("; "))
+    })?;
+    let mut spec = Registry
+        .implied_fleet(&topology)
+        .context("a Kafka topology runs as a fleet")?;
+    let worker_id = spec.worker_id.get_or_insert_with(|| "bench".into()).clone();
+    let backend = Registry
+        .open_fleet(&topology, &spec)
+        .context("cannot join the fleet")?;
+    let options = WorkerOptions {
+        worker_id,
+        lease_ttl: Duration::from_millis(spec.lease_ttl.as_millis()),
+        shards: None,
+        stop: Arc::default(),
+        metrics: Arc::new(FleetMetrics::default()),
+    };
+    Ok((topology, backend, options))
 }
 
 /// Loads `yaml` and builds its job, which stops (after a last checkpoint) when `stop` is set.

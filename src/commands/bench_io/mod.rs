@@ -16,9 +16,16 @@
 //! - `kafka-source`: a keyed topic (6 partitions) read to its end by a plain rdkafka consumer
 //!   (counting messages) and by a Weir job through a tumbling window into a transactional
 //!   `kafka` sink, exactly once (checkpoint every second). Floor: Weir at 80% of the consumer.
+//!   Weir runs as one job over every partition.
+//! - `kafka-source-fleet`: the same, with Weir run as `weir run` runs a Kafka topology: one
+//!   fleet worker in the source's consumer group, a task per partition, each replicating its
+//!   checkpoints to the changelog topic.
 //! - `kafka-latency`: event-to-result latency of an unbounded Weir job (`emit: on_update`,
 //!   checkpoint every 100 ms) fed at 10,000 events/s, seen by a `read_committed` consumer of
-//!   the result topic; p50 / p99 / max, ceiling p99 < 250 ms. A latency, not a ratio.
+//!   the result topic; p50 / p99 / max, ceiling p99 < 250 ms. A latency, not a ratio. One job,
+//!   whose prepared epochs are synced to its local store.
+//! - `kafka-latency-fleet`: the same as `weir run` runs it (fleet worker, changelog replicas,
+//!   local writes not synced).
 //! - `kafka-restore`: a changelog partition holding 1,000,000 keys of window state, read end to
 //!   end by a plain `read_committed` consumer and restored by `ChangelogReplica::restore` into
 //!   a fresh RocksDB store.
@@ -56,7 +63,8 @@ pub struct BenchIoArgs {
     #[arg(long, value_name = "BROKERS")]
     pub kafka: Option<String>,
     /// Sections to run, comma-separated: redis-source, mongodb, feed, kafka-source,
-    /// kafka-latency, kafka-restore. Default: every section whose server is given.
+    /// kafka-source-fleet, kafka-latency, kafka-latency-fleet, kafka-restore. Default: every
+    /// section whose server is given.
     #[arg(long)]
     pub only: Option<String>,
     /// Events in the stream (redis-source, feed) or the input topic (kafka-source).
@@ -74,7 +82,7 @@ pub struct BenchIoArgs {
     /// Documents per `insert_many` batch, and per Weir epoch, in the mongodb section.
     #[arg(long, default_value_t = 1_000)]
     pub batch: usize,
-    /// Partitions of the input topics of kafka-source and kafka-latency.
+    /// Partitions of the input topics of the kafka-source and kafka-latency sections.
     #[cfg(feature = "kafka")]
     #[arg(long, default_value_t = 6)]
     pub kafka_partitions: u32,
@@ -112,22 +120,28 @@ enum Section {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum KafkaSection {
     Source,
+    SourceFleet,
     Latency,
+    LatencyFleet,
     Restore,
 }
 
 #[cfg(feature = "kafka")]
 impl KafkaSection {
-    const ALL: [KafkaSection; 3] = [
+    const ALL: [KafkaSection; 5] = [
         KafkaSection::Source,
+        KafkaSection::SourceFleet,
         KafkaSection::Latency,
+        KafkaSection::LatencyFleet,
         KafkaSection::Restore,
     ];
 
     fn name(self) -> &'static str {
         match self {
             KafkaSection::Source => "kafka-source",
+            KafkaSection::SourceFleet => "kafka-source-fleet",
             KafkaSection::Latency => "kafka-latency",
+            KafkaSection::LatencyFleet => "kafka-latency-fleet",
             KafkaSection::Restore => "kafka-restore",
         }
     }
