@@ -726,13 +726,8 @@ fn run_fleet_while<T>(
         let started = Instant::now();
         while metrics.task_metrics().len() < partitions as usize || !metrics.is_ready() {
             if worker.is_finished() || started.elapsed() > DRAIN_TIMEOUT {
-                stop.store(true, Ordering::Relaxed);
-                let ended = worker.join();
-                bail!(
-                    "the fleet worker did not start its {partitions} tasks in {} s: {:?}",
-                    DRAIN_TIMEOUT.as_secs(),
-                    ended.map(|r| r.err())
-                );
+                let what = format!("start its {partitions} tasks");
+                return Err(give_up(&stop, worker, &what, DRAIN_TIMEOUT));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -803,13 +798,8 @@ fn run_fleet_to_end(yaml: &str, partitions: u32) -> anyhow::Result<(WeirRun, Dur
                 break;
             }
             if worker.is_finished() || started.elapsed() > IDLE_TIMEOUT {
-                stop.store(true, Ordering::Relaxed);
-                let ended = worker.join();
-                bail!(
-                    "the fleet worker did not finish its {partitions} tasks in {} s: {:?}",
-                    IDLE_TIMEOUT.as_secs(),
-                    ended.map(|r| r.err())
-                );
+                let what = format!("finish its {partitions} tasks");
+                return Err(give_up(&stop, worker, &what, IDLE_TIMEOUT));
             }
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -826,6 +816,23 @@ fn run_fleet_to_end(yaml: &str, partitions: u32) -> anyhow::Result<(WeirRun, Dur
         );
         Ok((WeirRun::sum(&tasks), all_started.unwrap_or(total), total))
     })
+}
+
+/// Stops a fleet worker that did not `what` within `timeout` (or ended early) and returns the
+/// error that says so, with the worker's own error if it had one.
+fn give_up(
+    stop: &AtomicBool,
+    worker: std::thread::ScopedJoinHandle<'_, Result<(), weir_engine::runtime::JobError>>,
+    what: &str,
+    timeout: Duration,
+) -> anyhow::Error {
+    stop.store(true, Ordering::Relaxed);
+    let ended = worker.join();
+    anyhow::anyhow!(
+        "the fleet worker did not {what} in {} s: {:?}",
+        timeout.as_secs(),
+        ended.map(|r| r.err())
+    )
 }
 
 /// Loads `yaml` and opens it as `weir run` opens a Kafka topology: the implied fleet, this
