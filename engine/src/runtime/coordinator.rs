@@ -144,10 +144,10 @@ impl Coordinator {
     fn finish_epoch(&mut self, f: InFlight, last: bool) -> Result<(), JobError> {
         let epoch = f.epoch;
         let mut batch = StateBatch::default();
-        // The previous epoch's marker, already in the local store, reaches the replica here
+        // A fleet task's previous marker, already in the local store, reaches the replica here
         // (see `EpochCommit::replicate_marker`). First: it clears staged outputs up to that
-        // epoch, before this epoch's are added.
-        if let Some(previous) = self.last_committed {
+        // epoch, before this epoch's are added. Without a replica the local store has it all.
+        if let (Some(previous), Some(_)) = (self.last_committed, &self.replica) {
             write_committed(&mut batch, previous);
         }
         let mut staged: Vec<Vec<u8>> = vec![Vec::new(); self.sinks.len()];

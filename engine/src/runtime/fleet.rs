@@ -567,10 +567,10 @@ pub(crate) fn persist(
             }
         }
     }
-    match durability {
-        Durability::Synced if replica.is_none() => store.write(batch)?,
-        Durability::Synced => store.write_unsynced(batch)?,
-        Durability::Unsynced => store.write_unsynced(batch)?,
+    if durability == Durability::Synced && replica.is_none() {
+        store.write(batch)?;
+    } else {
+        store.write_unsynced(batch)?;
     }
     Ok(())
 }
