@@ -61,6 +61,7 @@ impl ConsumerContext for MemberContext {
             }
             Rebalance::Assign(_) => return,
         };
+        tracing::info!(partitions = ?revoked, "group revoked partitions; stopping their tasks");
         for tp in &revoked {
             lock(&self.shared.assigned).remove(tp);
         }
@@ -114,6 +115,8 @@ pub struct KafkaFleet {
     pending: PendingOffsets,
     /// When the member's assignment was last compared with the partitions it believes held.
     last_assignment_check: Mutex<Instant>,
+    /// When reported offsets were last committed.
+    last_offset_commit: Mutex<Instant>,
 }
 
 impl KafkaFleet {
@@ -190,6 +193,7 @@ impl KafkaFleet {
             shared,
             pending,
             last_assignment_check: Mutex::new(Instant::now()),
+            last_offset_commit: Mutex::new(Instant::now()),
         })
     }
 
@@ -200,8 +204,19 @@ impl KafkaFleet {
             .ok_or_else(|| FleetError::Fatal(format!("unknown task `{task}`")))
     }
 
-    /// Commits the offsets task readers reported since the last poll.
-    fn commit_reported_offsets(&self) {
+    /// Commits the offsets task readers reported since the last commit, at most every
+    /// [`OFFSET_COMMIT_INTERVAL`] unless `mode` is [`CommitMode::Sync`] (leaving the group).
+    /// A commit that reaches the broker during a rebalance is refused with an invalid
+    /// generation, and librdkafka may then treat the member's whole assignment as lost, so
+    /// these progress reports stay rare.
+    fn commit_reported_offsets(&self, mode: CommitMode) {
+        {
+            let mut last = lock(&self.last_offset_commit);
+            if matches!(mode, CommitMode::Async) && last.elapsed() < OFFSET_COMMIT_INTERVAL {
+                return;
+            }
+            *last = Instant::now();
+        }
         let pending = std::mem::take(&mut *lock(&self.pending));
         if pending.is_empty() {
             return;
@@ -215,7 +230,7 @@ impl KafkaFleet {
         }
         drop(assigned);
         if tpl.count() > 0 {
-            if let Err(e) = self.member.commit(&tpl, CommitMode::Async) {
+            if let Err(e) = self.member.commit(&tpl, mode) {
                 tracing::debug!(error = %e, "group offset commit failed (progress report only)");
             }
         }
@@ -252,6 +267,14 @@ impl KafkaFleet {
     }
 }
 
+/// How often a worker's member commits the offsets its tasks reported (Kafka's own default
+/// auto-commit interval); they are progress reports for lag tools.
+const OFFSET_COMMIT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Events the group member serves per heartbeat: far more than one heartbeat queues (a
+/// commit result, a rebalance, errors), and each poll of an empty queue returns at once.
+const MEMBER_POLLS_PER_HEARTBEAT: usize = 64;
+
 /// How often [`KafkaFleet::check_assignment`] compares.
 const ASSIGNMENT_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -259,14 +282,17 @@ impl FleetBackend for KafkaFleet {
     fn heartbeat(&self, _worker: &str, _ttl: Duration) -> Result<u32, FleetError> {
         // Polling serves the group protocol's callbacks; the member fetches nothing, but a
         // record fetched before its partition was paused is dropped here (task readers read it).
-        for _ in 0..100 {
+        // `poll` also answers `None` after serving a rebalance or an offset-commit event, so
+        // the loop does not stop at the first `None`: it did once, serving one such event per
+        // heartbeat while each heartbeat's commit queued another, and a revoke waited behind
+        // that backlog for 20 s, holding up the whole group's rebalance.
+        for _ in 0..MEMBER_POLLS_PER_HEARTBEAT {
             match self.member.poll(Duration::ZERO) {
-                Some(Ok(_)) => {}
+                Some(Ok(_)) | None => {}
                 Some(Err(e)) => tracing::debug!(error = %e, "group member event"),
-                None => break,
             }
         }
-        self.commit_reported_offsets();
+        self.commit_reported_offsets(CommitMode::Async);
         self.check_assignment();
         // The group balances the partitions; this worker takes every task it was assigned.
         Ok(1)
@@ -297,6 +323,7 @@ impl FleetBackend for KafkaFleet {
 
     fn leave(&self, _worker: &str) -> Result<(), FleetError> {
         offsets::unregister(&self.group);
+        self.commit_reported_offsets(CommitMode::Sync);
         self.member.unsubscribe();
         Ok(())
     }

@@ -2,7 +2,7 @@
 //!
 //! While a consumer group has members, the broker refuses offset commits from anyone else, so
 //! in a fleet the readers hand their committed positions to the worker's member (the
-//! [`super::fleet::KafkaFleet`] of that group), which commits them on its next poll. The
+//! [`super::fleet::KafkaFleet`] of that group), which commits them every few seconds. The
 //! offsets are for lag tools only: restarts resume from the positions stored with the state.
 
 use std::collections::{BTreeMap, HashMap};

@@ -183,7 +183,9 @@ pub struct WorkerOptions {
     pub worker_id: String,
     /// How long a lease lasts without renewal: a dead worker's tasks move after this.
     pub lease_ttl: Duration,
-    /// Overrides `parallelism.shards` of each task.
+    /// Overrides `parallelism.shards` of each task. Without it (or `parallelism.shards`), a
+    /// task gets the cores divided among the source's partitions (at least 1): a worker may
+    /// run every partition's task, and each task's shards are threads of their own.
     pub shards: Option<u32>,
     /// Set to leave gracefully: every task commits a last epoch and releases its lease.
     pub stop: Arc<AtomicBool>,
@@ -239,6 +241,10 @@ pub fn run_worker(
             )),
         };
     let partitions = connectors.partition_count(&source_name, &source_spec)?;
+    let options = WorkerOptions {
+        shards: Some(task_shards(options.shards, topology, partitions)),
+        ..options
+    };
     let ttl = options.lease_ttl.max(Duration::from_millis(300));
     let tick = backend.poll_interval(ttl);
     let mut running: BTreeMap<u32, RunningTask> = BTreeMap::new();
@@ -390,6 +396,16 @@ pub fn run_worker(
 
     let _ = backend.leave(&options.worker_id);
     result
+}
+
+/// Keyed shards of each task: `configured` (the command line), else `parallelism.shards`,
+/// else the cores divided among the `partitions` (rounded up, at least 1).
+fn task_shards(configured: Option<u32>, topology: &Topology, partitions: u32) -> u32 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    configured
+        .or(topology.parallelism.shards)
+        .unwrap_or_else(|| cores.div_ceil(partitions.max(1)))
+        .max(1)
 }
 
 fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) {
