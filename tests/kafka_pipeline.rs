@@ -8,8 +8,7 @@
 //!
 //! A killed worker's group member is removed once its session has run out, by the test, as
 //! Kafka's group coordinator would: the test broker never expires it (see
-//! `kill_9_and_expire`). Ignored in CI: the broker's rebalances are still unreliable (see the
-//! README's test section).
+//! `kill_9_and_expire`).
 
 mod common;
 
@@ -91,7 +90,6 @@ fn produce(dir: &Path, prefix: &str, count: u64) -> Vec<PathBuf> {
 }
 
 #[test]
-#[ignore = "the test broker (noida-db 0.2.3) never expires a killed member, which the test now does in its place, but its rebalances are still not reliable enough for CI (once it gave the same partitions to two members at once); run it with `cargo test --test <name> -- --ignored`"]
 fn a_fleet_sharing_a_topic_survives_kill_9_and_matches_the_oracle() {
     let events: u64 = std::env::var("WEIR_KAFKA_E2E_EVENTS")
         .ok()

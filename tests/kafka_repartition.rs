@@ -74,7 +74,6 @@ fn produce(dir: &Path, prefix: &str, count: u64) -> Vec<PathBuf> {
 }
 
 #[test]
-#[ignore = "the test broker (noida-db 0.2.3) never expires a killed member, which the test now does in its place, but its rebalances are still not reliable enough for CI (once it gave the same partitions to two members at once); run it with `cargo test --test <name> -- --ignored`"]
 fn repartitioned_fleet_survives_kill_9_and_matches_the_oracle() {
     let events: u64 = std::env::var("WEIR_KAFKA_REPARTITION_EVENTS")
         .ok()
