@@ -521,6 +521,52 @@ fn eviction_keeps_memory_bounded_and_results_exact() {
     assert_eq!(small, big);
 }
 
+/// Windows of 20 keys snapshotted by `from` shards, restored by `to` shards: how many open
+/// windows the restored shards hold and how many results they emit at the end of time.
+fn restore_across_shard_counts(from: u32, to: u32) -> (u64, usize) {
+    let store = Arc::new(MemoryStateStore::new());
+    let mut outs = Vec::new();
+    let mut ops: Vec<WindowOperator> = (0..from)
+        .map(|i| {
+            let mut sp = spec(tumbling(10, 0), EmitMode::OnClose);
+            sp.shard = i;
+            sp.shards = from;
+            WindowOperator::new(sp, store.clone()).unwrap()
+        })
+        .collect();
+    for i in 0..20 {
+        let rec = keyed(&format!("u{i}"), 1, 1, MIN_TIMESTAMP);
+        let shard = (rec.key_hash % u64::from(from)) as usize;
+        ops[shard].process(rec, &mut |o| outs.push(o)).unwrap();
+    }
+    let mut b = StateBatch::default();
+    for op in &mut ops {
+        op.snapshot(&mut b).unwrap();
+    }
+    store.write(b).unwrap();
+    outs.clear();
+    let mut open = 0;
+    for i in 0..to {
+        let mut sp = spec(tumbling(10, 0), EmitMode::OnClose);
+        sp.shard = i;
+        sp.shards = to;
+        let mut op = WindowOperator::new(sp, store.clone()).unwrap();
+        open += op.stats().open_windows;
+        op.advance_watermark(MAX_TIMESTAMP, &mut |o| outs.push(o))
+            .unwrap();
+    }
+    (open, outs.len())
+}
+
+#[test]
+fn state_restores_under_another_shard_count() {
+    // A fleet task's default shard count depends on the worker's cores, so the next owner
+    // of a task may run it with more or fewer shards than the one that saved its state.
+    assert_eq!(restore_across_shard_counts(2, 1), (20, 20));
+    assert_eq!(restore_across_shard_counts(1, 3), (20, 20));
+    assert_eq!(restore_across_shard_counts(3, 2), (20, 20));
+}
+
 #[test]
 fn shards_restore_only_their_own_keys() {
     let store = Arc::new(MemoryStateStore::new());
