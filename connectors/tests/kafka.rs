@@ -249,6 +249,104 @@ fn committed_positions_become_the_groups_offsets() {
     }
 }
 
+/// Reads partition 0 of `topic` to its end with a fresh source of `config`, `max` records per
+/// poll.
+fn read_partition_to_end(
+    config: &KafkaSourceConfig,
+    ctx: &DecodeContext,
+    max: usize,
+) -> SourceBatch {
+    let mut parts = open_kafka_source("in", config, ctx, &PartitionSelection::All).unwrap();
+    let mut batch = SourceBatch::default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while parts[0].poll(&mut batch, max).unwrap() != PollStatus::End {
+        assert!(Instant::now() < deadline, "the partition never ended");
+    }
+    batch
+}
+
+#[test]
+fn source_reads_metadata_skips_aborted_transactions_and_keeps_order_across_batches() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    let topic = unique("batches");
+    create_topic(&topic, 1);
+    // More records than one poll takes, each with a header and its own timestamp.
+    let producer: BaseProducer = client().create().unwrap();
+    let first = 2500;
+    for i in 0..first {
+        let value = format!(r#"{{"user":"u{i}","ts":{i}}}"#);
+        let trace = format!("t{i}");
+        let record = BaseRecord::<str, str>::to(&topic)
+            .partition(0)
+            .payload(&value)
+            .timestamp(1_767_225_600_000 + i)
+            .headers(OwnedHeaders::new().insert(Header {
+                key: "trace",
+                value: Some(&trace),
+            }));
+        producer.send(record).map_err(|(e, _)| e).unwrap();
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+    // An aborted transaction, then a committed one: the aborted records and both markers lie
+    // between the last records, and the reader must still reach the end.
+    let txn: BaseProducer = client()
+        .set("transactional.id", unique("txn"))
+        .create()
+        .unwrap();
+    txn.init_transactions(Duration::from_secs(10)).unwrap();
+    txn.begin_transaction().unwrap();
+    for _ in 0..3 {
+        let record = BaseRecord::<str, str>::to(&topic)
+            .partition(0)
+            .payload(r#"{"user":"aborted","ts":0}"#);
+        txn.send(record).map_err(|(e, _)| e).unwrap();
+    }
+    txn.flush(Duration::from_secs(10)).unwrap();
+    txn.abort_transaction(Duration::from_secs(10)).unwrap();
+    txn.begin_transaction().unwrap();
+    let record = BaseRecord::<str, str>::to(&topic)
+        .partition(0)
+        .payload(r#"{"user":"committed","ts":1}"#)
+        .timestamp(1_767_225_600_000);
+    txn.send(record).map_err(|(e, _)| e).unwrap();
+    txn.commit_transaction(Duration::from_secs(10)).unwrap();
+
+    let config = source_config(&topic, serde_json::json!({}));
+    let ctx = DecodeContext {
+        event_time: serde_json::from_value::<EventTimeSpec>(
+            serde_json::json!({"source_timestamp": true}),
+        )
+        .unwrap(),
+        ..decode_ctx(&["user", "_topic", "_offset", "_header_trace", "_timestamp"])
+    };
+    for max in [1, 7, 1024, 100_000] {
+        let batch = read_partition_to_end(&config, &ctx, max);
+        assert!(batch.dead_letters.is_empty(), "max {max}");
+        let users: Vec<&Value> = batch.records.iter().map(|r| &r.fields[0]).collect();
+        assert_eq!(
+            users.len(),
+            first as usize + 1,
+            "max {max}: no aborted record"
+        );
+        for (i, record) in batch.records.iter().take(first as usize).enumerate() {
+            assert_eq!(
+                record.fields[0],
+                Value::Str(format!("u{i}").into()),
+                "max {max}"
+            );
+            assert_eq!(record.fields[1], Value::Str(topic.as_str().into()));
+            assert_eq!(record.fields[2], Value::Int(i as i64), "in offset order");
+            assert_eq!(record.fields[3], Value::Str(format!("t{i}").into()));
+            let ts = 1_767_225_600_000 + i as i64;
+            assert_eq!(record.fields[4], Value::Int(ts));
+            assert_eq!(record.time, ts, "event time from the message timestamp");
+        }
+        let last = batch.records.last().unwrap();
+        assert_eq!(last.fields[0], Value::Str("committed".into()));
+        assert_eq!(last.fields[3], Value::Null, "no such header");
+    }
+}
+
 fn sink_config(topic: &str) -> KafkaSinkConfig {
     let options = serde_json::json!({
         "brokers": brokers(), "topic": topic, "key": ["user"], "create_partitions": 3

@@ -8,6 +8,7 @@ pub mod config;
 pub mod decode;
 pub mod fleet;
 mod offsets;
+mod partition_queue;
 pub mod repartition;
 pub mod sink;
 pub mod source;

@@ -28,11 +28,16 @@ use super::client::{
 use super::config::{KafkaSourceConfig, StartFrom};
 use super::decode::MessageDecoder;
 use super::offsets;
+use super::partition_queue::{Entry, PartitionQueue};
 
 /// How long one `poll` waits for the first message. Short: the source task handles a
 /// checkpoint barrier only between polls, so this wait delays every checkpoint (and with it
 /// every result) of a partition that has nothing to read at the moment.
 const POLL_WAIT: Duration = Duration::from_millis(5);
+
+/// At most this many events of the consumer's own queue (errors, offset-commit results) are
+/// served per `poll`.
+const MAX_EVENTS_PER_POLL: usize = 16;
 
 /// The (topic, partition) of each task index of a source, in task order: topics in the
 /// configured order, then partitions ascending.
@@ -89,6 +94,9 @@ pub struct KafkaPartition {
     group: String,
     topic: String,
     partition: i32,
+    /// The partition's messages, split from `consumer`'s queue (declared first: dropped
+    /// before the consumer).
+    queue: Option<PartitionQueue>,
     consumer: BaseConsumer<EofAwareContext>,
     decoder: MessageDecoder,
     start: StartFrom,
@@ -98,6 +106,9 @@ pub struct KafkaPartition {
     /// With `end_at_tail`: the high watermark when the partition was first polled.
     end: Option<i64>,
     assigned: bool,
+    /// A consumer error seen after some of a batch's messages were taken: returned by the
+    /// next `poll`, so those messages reach the pipeline first.
+    failure: Option<KafkaError>,
     /// For an exchange partition (stage 2 of `repartition: true`): what every upstream task
     /// reported. Such a partition decodes exchange values, starts at the beginning without
     /// asking the group, commits no group offsets, and ends when every upstream ended.
@@ -116,12 +127,18 @@ impl KafkaPartition {
             .create_with_context(EofAwareContext)
             .map_err(|e| SourceError::Fatal(format!("cannot create a Kafka consumer: {e}")))?;
         let decoder = MessageDecoder::new(config.format, config.avro.as_ref(), ctx)?;
+        let queue = PartitionQueue::split(&consumer, &topic, partition).ok_or_else(|| {
+            SourceError::Fatal(format!(
+                "cannot read Kafka partition {topic}/{partition}: librdkafka refused its queue"
+            ))
+        })?;
         Ok(KafkaPartition {
             id: format!("kafka:{topic}/{partition}"),
             source: name.into(),
             group: config.group.clone(),
             topic,
             partition,
+            queue: Some(queue),
             consumer,
             decoder,
             start: config.start,
@@ -129,6 +146,7 @@ impl KafkaPartition {
             next: None,
             end: None,
             assigned: false,
+            failure: None,
             exchange: None,
         })
     }
@@ -212,6 +230,53 @@ impl KafkaPartition {
         }
     }
 
+    /// Takes one message into `out` (a record, a dead letter, or for an exchange partition
+    /// possibly an upstream's marker) and moves the position past it.
+    fn take<M: Message>(&mut self, message: &M, out: &mut SourceBatch) {
+        let offset = message.offset();
+        self.next = Some(offset + 1);
+        let decoded = match self.exchange.as_mut() {
+            None => self.decoder.decode(message),
+            Some(upstreams) => match exchange::decode(message.payload().unwrap_or_default()) {
+                Ok(ExchangeMessage::Record {
+                    record,
+                    partition_watermark,
+                }) => {
+                    out.record_watermarks.push(partition_watermark);
+                    Ok(record)
+                }
+                Ok(ExchangeMessage::Marker(marker)) => {
+                    upstreams.observe(&marker);
+                    return;
+                }
+                Err(e) => Err(e),
+            },
+        };
+        match decoded {
+            Ok(record) => out.records.push(record),
+            Err(error) => out.dead_letters.push(DeadLetter {
+                source: self.source.clone(),
+                partition: format_compact!("{}/{}", self.topic, self.partition),
+                offset: format_compact!("{offset}"),
+                raw: message.payload().unwrap_or_default().to_vec(),
+                error,
+            }),
+        }
+    }
+
+    /// Past the last record: the consumer's position may be beyond it, past transaction
+    /// markers.
+    fn at_partition_end(&mut self) {
+        if let Ok(tpl) = self.consumer.position() {
+            if let Some(Offset::Offset(o)) = tpl
+                .find_partition(&self.topic, self.partition)
+                .map(|p| p.offset())
+            {
+                self.next = Some(self.next.map_or(o, |n| n.max(o)));
+            }
+        }
+    }
+
     fn reached_end(&self) -> bool {
         if let Some(upstreams) = &self.exchange {
             return upstreams.all_ended();
@@ -264,64 +329,52 @@ impl SourcePartition for KafkaPartition {
         if self.reached_end() {
             return Ok(PollStatus::End);
         }
+        if let Some(e) = self.failure.take() {
+            return Err(self.error("read", e));
+        }
         let mut produced = 0usize;
-        let mut wait = POLL_WAIT;
-        while produced < max_records {
-            let Some(result) = self.consumer.poll(wait) else {
-                break;
-            };
-            wait = Duration::ZERO;
-            let message = match result {
-                Ok(m) => m,
-                Err(KafkaError::PartitionEOF(_)) => {
-                    // Past the last record: the position may skip transaction markers.
-                    if let Ok(tpl) = self.consumer.position() {
-                        if let Some(Offset::Offset(o)) = tpl
-                            .find_partition(&self.topic, self.partition)
-                            .map(|p| p.offset())
-                        {
-                            self.next = Some(self.next.map_or(o, |n| n.max(o)));
-                        }
-                    }
+        // The consumer's own queue carries errors and offset-commit results only: the
+        // partition's messages are on `queue`.
+        for _ in 0..MAX_EVENTS_PER_POLL {
+            match self.consumer.poll(Duration::ZERO) {
+                None => break,
+                Some(Ok(message)) => {
+                    // Not expected (the queue was split before the first assign); kept anyway.
+                    let message = message.detach();
+                    self.take(&message, out);
+                    produced += 1;
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => self.at_partition_end(),
+                Some(Err(e)) => {
+                    self.failure.get_or_insert(e);
                     break;
                 }
-                Err(e) => return Err(self.error("read", e)),
-            };
-            let offset = message.offset();
-            let decoded = match self.exchange.as_mut() {
-                None => self.decoder.decode(&message),
-                Some(upstreams) => match exchange::decode(message.payload().unwrap_or_default()) {
-                    Ok(ExchangeMessage::Record {
-                        record,
-                        partition_watermark,
-                    }) => {
-                        out.record_watermarks.push(partition_watermark);
-                        Ok(record)
-                    }
-                    Ok(ExchangeMessage::Marker(marker)) => {
-                        upstreams.observe(&marker);
-                        self.next = Some(offset + 1);
-                        produced += 1;
-                        if upstreams.all_ended() {
-                            break;
-                        }
-                        continue;
-                    }
-                    Err(e) => Err(e),
-                },
-            };
-            match decoded {
-                Ok(record) => out.records.push(record),
-                Err(error) => out.dead_letters.push(DeadLetter {
-                    source: self.source.clone(),
-                    partition: format_compact!("{}/{}", self.topic, self.partition),
-                    offset: format_compact!("{offset}"),
-                    raw: message.payload().unwrap_or_default().to_vec(),
-                    error,
-                }),
             }
-            self.next = Some(offset + 1);
-            produced += 1;
+        }
+        let mut at_end = false;
+        // Moved out for the duration of the read, so the callback may borrow `self`.
+        if let Some(mut queue) = self.queue.take() {
+            queue.read(max_records, POLL_WAIT, |entry| match entry {
+                Entry::Message(message) => {
+                    self.take(&message, out);
+                    produced += 1;
+                }
+                Entry::PartitionEof => at_end = true,
+                Entry::Error(code, text) => {
+                    tracing::debug!(partition = %self.id, %text, "consumer error");
+                    self.failure
+                        .get_or_insert(KafkaError::MessageConsumption(code));
+                }
+            });
+            self.queue = Some(queue);
+        }
+        if at_end {
+            self.at_partition_end();
+        }
+        if produced == 0 {
+            if let Some(e) = self.failure.take() {
+                return Err(self.error("read", e));
+            }
         }
         if produced > 0 {
             Ok(PollStatus::Data)
