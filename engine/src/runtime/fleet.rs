@@ -401,10 +401,9 @@ pub fn run_worker(
 /// Keyed shards of each task: `configured` (the command line), else `parallelism.shards`,
 /// else the cores divided among the `partitions` (rounded up, at least 1).
 fn task_shards(configured: Option<u32>, topology: &Topology, partitions: u32) -> u32 {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     configured
         .or(topology.parallelism.shards)
-        .unwrap_or_else(|| cores.div_ceil(partitions.max(1)))
+        .unwrap_or_else(|| super::available_cores().div_ceil(partitions.max(1)))
         .max(1)
 }
 

@@ -143,7 +143,7 @@ impl Job {
         let shards = options
             .shards
             .or(topology.parallelism.shards)
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32))
+            .unwrap_or_else(super::available_cores)
             .max(1);
         let state_dir = options
             .state_dir

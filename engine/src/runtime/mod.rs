@@ -56,6 +56,11 @@ pub enum JobError {
     Task(String),
 }
 
+/// The cores this process may use (at least 1): the default shard count of a job.
+pub(crate) fn available_cores() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
 /// Wall-clock time in ms since the Unix epoch (processing time).
 pub fn wall_clock_ms() -> i64 {
     std::time::SystemTime::now()
