@@ -65,58 +65,47 @@ impl PartitionQueue {
     /// calls `each` with every entry in queue order. Returns how many entries there were.
     pub fn read(&mut self, max: usize, wait: Duration, mut each: impl FnMut(Entry<'_>)) -> usize {
         let max = max.max(1);
-        let mut got = self.consume(max, Duration::ZERO);
-        if got == 0 && !wait.is_zero() {
-            // Wait for one entry only: asked for more, librdkafka would wait out the whole
-            // timeout to fill the buffer.
-            got = self.consume(1, wait);
-            if got == 1 && max > 1 {
-                got += self.consume_more(max - 1);
-            }
+        self.batch.clear();
+        // Waits for one entry only: asked for more, librdkafka would wait out the whole
+        // timeout to fill the buffer.
+        if self.fill(max, Duration::ZERO) == 0 && !wait.is_zero() && self.fill(1, wait) == 1 {
+            self.fill(max - 1, Duration::ZERO);
         }
-        for &message in &self.batch[..got] {
+        for &message in &self.batch {
             // SAFETY: librdkafka returned `message` and it is destroyed once, right below.
             let entry = unsafe { Entry::from_native(message) };
             each(entry);
         }
-        for &message in &self.batch[..got] {
+        for &message in &self.batch {
             // SAFETY: each pointer is a message this call received and has not destroyed.
             unsafe { rd::rd_kafka_message_destroy(message) };
         }
+        let got = self.batch.len();
         self.batch.clear();
         got
     }
 
-    /// Fills `self.batch` from the start with up to `max` messages.
-    fn consume(&mut self, max: usize, wait: Duration) -> usize {
-        self.batch.clear();
-        self.batch.resize(max, ptr::null_mut());
-        let got = self.call(0, max, wait);
-        self.batch.truncate(got);
-        got
-    }
-
-    /// Appends up to `max` more messages to `self.batch` without waiting.
-    fn consume_more(&mut self, max: usize) -> usize {
+    /// Appends up to `max` messages to `self.batch`, waiting at most `wait` for the first.
+    /// Returns how many it appended.
+    fn fill(&mut self, max: usize, wait: Duration) -> usize {
+        if max == 0 {
+            return 0;
+        }
         let have = self.batch.len();
         self.batch.resize(have + max, ptr::null_mut());
-        let got = self.call(have, max, Duration::ZERO);
-        self.batch.truncate(have + got);
-        got
-    }
-
-    fn call(&mut self, at: usize, max: usize, wait: Duration) -> usize {
         let timeout_ms = c_int::try_from(wait.as_millis()).unwrap_or(c_int::MAX);
-        // SAFETY: `self.batch[at..at + max]` is writable room for `max` pointers.
+        // SAFETY: `self.batch[have..have + max]` is writable room for `max` pointers.
         let got = unsafe {
             rd::rd_kafka_consume_batch_queue(
                 self.queue.as_ptr(),
                 timeout_ms,
-                self.batch.as_mut_ptr().add(at),
+                self.batch.as_mut_ptr().add(have),
                 max,
             )
         };
-        usize::try_from(got).unwrap_or(0)
+        let got = usize::try_from(got).unwrap_or(0);
+        self.batch.truncate(have + got);
+        got
     }
 }
 
