@@ -249,6 +249,70 @@ fn committed_positions_become_the_groups_offsets() {
     }
 }
 
+/// The position of a reader that caught up with its partition is the partition's end (past
+/// the transaction markers), not one past it: a reader resuming there reads the next record.
+/// librdkafka's batch read moves its own position one past the end-of-partition entry, so a
+/// source that took its position from there skipped one record after a restart.
+#[test]
+fn a_reader_at_the_end_resumes_at_the_next_record() {
+    let topic = unique("at-end");
+    create_topic(&topic, 1);
+    produce(
+        &topic,
+        &[(0, None, r#"{"ts":1}"#), (0, None, r#"{"ts":2}"#)],
+    );
+    let txn: BaseProducer = client()
+        .set("transactional.id", unique("txn"))
+        .create()
+        .unwrap();
+    txn.init_transactions(Duration::from_secs(10)).unwrap();
+    txn.begin_transaction().unwrap();
+    txn.send(
+        BaseRecord::<str, str>::to(&topic)
+            .partition(0)
+            .payload(r#"{"ts":3}"#),
+    )
+    .map_err(|(e, _)| e)
+    .unwrap();
+    txn.commit_transaction(Duration::from_secs(10)).unwrap();
+    // Offsets 0 to 2 are records, 3 is the commit marker.
+    let end = 4i64;
+
+    let config = source_config(&topic, serde_json::json!({"end_at_tail": false}));
+    let ctx = decode_ctx(&[]);
+    let mut parts = open_kafka_source("in", &config, &ctx, &PartitionSelection::All).unwrap();
+    let mut batch = SourceBatch::default();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while batch.records.len() < 3 || parts[0].position() != end.to_be_bytes() {
+        assert!(
+            Instant::now() < deadline,
+            "{} records, position {:?}",
+            batch.records.len(),
+            parts[0].position()
+        );
+        parts[0].poll(&mut batch, 100).unwrap();
+    }
+    // Polls that see nothing new (the end-of-partition entry among them) keep the position.
+    let quiet = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < quiet {
+        parts[0].poll(&mut batch, 100).unwrap();
+    }
+    assert_eq!(batch.records.len(), 3);
+    let position = parts[0].position();
+    assert_eq!(position, end.to_be_bytes(), "the partition's end");
+
+    produce(&topic, &[(0, None, r#"{"ts":4}"#)]);
+    let mut again = open_kafka_source("in", &config, &ctx, &PartitionSelection::All).unwrap();
+    again[0].seek(&position).unwrap();
+    let mut resumed = SourceBatch::default();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while resumed.records.is_empty() {
+        assert!(Instant::now() < deadline, "the next record was skipped");
+        again[0].poll(&mut resumed, 100).unwrap();
+    }
+    assert_eq!(resumed.records[0].time, 4);
+}
+
 /// Reads partition 0 of `topic` to its end with a fresh source of `config`, `max` records per
 /// poll.
 fn read_partition_to_end(

@@ -204,19 +204,24 @@ impl KafkaFleet {
             .ok_or_else(|| FleetError::Fatal(format!("unknown task `{task}`")))
     }
 
-    /// Commits the offsets task readers reported since the last commit, at most every
-    /// [`OFFSET_COMMIT_INTERVAL`] unless `mode` is [`CommitMode::Sync`] (leaving the group).
-    /// A commit that reaches the broker during a rebalance is refused with an invalid
-    /// generation, and librdkafka may then treat the member's whole assignment as lost, so
-    /// these progress reports stay rare.
-    fn commit_reported_offsets(&self, mode: CommitMode) {
+    /// Commits the reported offsets (asynchronously) if [`OFFSET_COMMIT_INTERVAL`] passed
+    /// since the last commit. A commit that reaches the broker during a rebalance is refused
+    /// with an invalid generation, and librdkafka may then treat the member's whole assignment
+    /// as lost, so these progress reports stay rare.
+    fn commit_reported_offsets_when_due(&self) {
         {
             let mut last = lock(&self.last_offset_commit);
-            if matches!(mode, CommitMode::Async) && last.elapsed() < OFFSET_COMMIT_INTERVAL {
+            if last.elapsed() < OFFSET_COMMIT_INTERVAL {
                 return;
             }
             *last = Instant::now();
         }
+        self.commit_reported_offsets(CommitMode::Async);
+    }
+
+    /// Commits the offsets task readers reported since the last commit, for the partitions
+    /// still assigned, in `mode`.
+    fn commit_reported_offsets(&self, mode: CommitMode) {
         let pending = std::mem::take(&mut *lock(&self.pending));
         if pending.is_empty() {
             return;
@@ -292,7 +297,7 @@ impl FleetBackend for KafkaFleet {
                 Some(Err(e)) => tracing::debug!(error = %e, "group member event"),
             }
         }
-        self.commit_reported_offsets(CommitMode::Async);
+        self.commit_reported_offsets_when_due();
         self.check_assignment();
         // The group balances the partitions; this worker takes every task it was assigned.
         Ok(1)

@@ -120,8 +120,9 @@ impl Drop for PartitionQueue {
 /// `enable.partition.eof`), or another consumer error.
 pub(crate) enum Entry<'a> {
     Message(RawMessage<'a>),
-    /// The reader caught up with the partition's end.
-    PartitionEof,
+    /// The reader caught up with the partition's end: every record before this offset was
+    /// handed out earlier (aborted records and transaction markers are never handed out).
+    PartitionEof(i64),
     /// A consumer error: its code and librdkafka's text.
     Error(RDKafkaErrorCode, String),
 }
@@ -137,7 +138,8 @@ impl Entry<'_> {
             });
         }
         if err == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__PARTITION_EOF {
-            return Entry::PartitionEof;
+            // librdkafka sets an end-of-partition's offset to its fetch position there.
+            return Entry::PartitionEof((*message).offset);
         }
         // For an error, the payload is librdkafka's error text (not NUL-terminated).
         let text = bytes((*message).payload, (*message).len)

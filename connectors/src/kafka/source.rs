@@ -264,17 +264,10 @@ impl KafkaPartition {
         }
     }
 
-    /// Past the last record: the consumer's position may be beyond it, past transaction
-    /// markers.
-    fn at_partition_end(&mut self) {
-        if let Ok(tpl) = self.consumer.position() {
-            if let Some(Offset::Offset(o)) = tpl
-                .find_partition(&self.topic, self.partition)
-                .map(|p| p.offset())
-            {
-                self.next = Some(self.next.map_or(o, |n| n.max(o)));
-            }
-        }
+    /// The reader caught up with the partition at `end`: the position moves there, past any
+    /// aborted records and transaction markers after the last record taken.
+    fn at_partition_end(&mut self, end: i64) {
+        self.next = Some(self.next.map_or(end, |n| n.max(end)));
     }
 
     fn reached_end(&self) -> bool {
@@ -344,14 +337,15 @@ impl SourcePartition for KafkaPartition {
                     self.take(&message, out);
                     produced += 1;
                 }
-                Some(Err(KafkaError::PartitionEOF(_))) => self.at_partition_end(),
+                // Not expected either: the partition's end comes on its own queue, with the
+                // offset that `at_partition_end` needs.
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
                 Some(Err(e)) => {
                     self.failure.get_or_insert(e);
                     break;
                 }
             }
         }
-        let mut at_end = false;
         // Moved out for the duration of the read, so the callback may borrow `self`.
         if let Some(mut queue) = self.queue.take() {
             queue.read(max_records, POLL_WAIT, |entry| match entry {
@@ -359,7 +353,7 @@ impl SourcePartition for KafkaPartition {
                     self.take(&message, out);
                     produced += 1;
                 }
-                Entry::PartitionEof => at_end = true,
+                Entry::PartitionEof(end) => self.at_partition_end(end),
                 Entry::Error(code, text) => {
                     tracing::debug!(partition = %self.id, %text, "consumer error");
                     self.failure
@@ -367,9 +361,6 @@ impl SourcePartition for KafkaPartition {
                 }
             });
             self.queue = Some(queue);
-        }
-        if at_end {
-            self.at_partition_end();
         }
         if produced == 0 {
             if let Some(e) = self.failure.take() {
