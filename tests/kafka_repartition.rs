@@ -73,14 +73,37 @@ fn produce(dir: &Path, prefix: &str, count: u64) -> Vec<PathBuf> {
     )
 }
 
+/// Runs of the scenario the broker may spoil (see below) before the test fails.
+const ATTEMPTS: u32 = 3;
+
 #[test]
 fn repartitioned_fleet_survives_kill_9_and_matches_the_oracle() {
     let events: u64 = std::env::var("WEIR_KAFKA_REPARTITION_EVENTS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200_000);
+    // The test broker (noida-db 0.2.3) hides a producer's records from a reader that fetches
+    // past an abort marker of that producer (`hidden_committed_records`). When the killed
+    // worker had an exchange transaction open, its successor's exchange records vanish for
+    // the stage-2 readers and the windows stall. Such a run, and only such a run (proven by
+    // two fresh readers of the exchange disagreeing), is run again with fresh topics; every
+    // other failure fails at once.
+    for attempt in 1..=ATTEMPTS {
+        match run_once(events, attempt) {
+            Ok(()) => return,
+            Err(hidden) if attempt < ATTEMPTS => eprintln!(
+                "attempt {attempt}: the broker hid committed exchange records ({hidden}); \
+                 running again with fresh topics"
+            ),
+            Err(hidden) => panic!("the broker hid committed records in every attempt: {hidden}"),
+        }
+    }
+}
+
+/// One run of the scenario; `Err` only when the broker was proven to hide committed records.
+fn run_once(events: u64, attempt: u32) -> Result<(), String> {
     let root = tempfile::tempdir().unwrap();
-    let prefix = format!("e2e-repartition-{}", std::process::id());
+    let prefix = format!("e2e-repartition-{}-{attempt}", std::process::id());
     let inputs = produce(root.path(), &prefix, events);
     let workers: Vec<(PathBuf, String)> = (0..4)
         .map(|w| write_worker_topology(TOPOLOGY, &root.path().join(format!("w{w}")), &prefix))
@@ -128,5 +151,6 @@ fn repartitioned_fleet_survives_kill_9_and_matches_the_oracle() {
     running.insert(3, spawn_run(&workers[3].0, &[]));
     await_stable_group(&prefix, 3);
 
-    assert_final_results_exactly_once(&results_topic, &want, &mut running, &workers);
+    let exchange = format!("{prefix}-per_product-repartition");
+    await_final_results(&results_topic, &want, &mut running, &workers, &[exchange])
 }

@@ -365,12 +365,29 @@ pub fn assert_final_results_exactly_once(
     running: &mut Workers,
     workers: &[(PathBuf, String)],
 ) {
+    if let Err(hidden) = await_final_results(topic, want, running, workers, &[]) {
+        panic!("{hidden}");
+    }
+}
+
+/// Like [`assert_final_results_exactly_once`], but when the results stop coming for 30 s,
+/// checks whether the broker hides committed records of a topic in `probe` (see
+/// [`hidden_committed_records`]); if it does, stops the workers and returns what it hid, so
+/// the caller can tell a broker fault from Weir's.
+pub fn await_final_results(
+    topic: &str,
+    want: &Expected,
+    running: &mut Workers,
+    workers: &[(PathBuf, String)],
+    probe: &[String],
+) -> Result<(), String> {
     let schema: &ResultSchema = &want.schema;
     let topology_files: Vec<&PathBuf> = workers.iter().map(|(file, _)| file).collect();
     let want_results = &want.results;
     let want = want_results.len();
     let started = Instant::now();
     let (mut got, mut duplicates) = finals(&committed_results(topic), schema);
+    let mut progress = (got.len(), Instant::now());
     while got.len() < want && started.elapsed() < Duration::from_secs(600) {
         for (w, child) in running.iter_mut() {
             if let Some(status) = child.try_wait().unwrap() {
@@ -382,6 +399,25 @@ pub fn assert_final_results_exactly_once(
         }
         std::thread::sleep(Duration::from_secs(2));
         (got, duplicates) = finals(&committed_results(topic), schema);
+        if got.len() != progress.0 {
+            progress = (got.len(), Instant::now());
+        } else if progress.1.elapsed() > Duration::from_secs(30) {
+            progress.1 = Instant::now();
+            let hidden: Vec<String> = probe
+                .iter()
+                .filter_map(|t| hidden_committed_records(t))
+                .collect();
+            if !hidden.is_empty() {
+                for child in running.values_mut() {
+                    sigterm(child);
+                }
+                return Err(format!(
+                    "{} of {want} final results, then none for 30 s: {}",
+                    got.len(),
+                    hidden.join("; ")
+                ));
+            }
+        }
     }
     eprintln!(
         "committed {} of {want} final results after {:?}",
@@ -404,4 +440,59 @@ pub fn assert_final_results_exactly_once(
         "windows with two final results"
     );
     assert_same_results(&got, want_results, "committed result topic");
+    Ok(())
+}
+
+/// The offsets of the committed records of partition `p` of `topic` from `start` to the end a
+/// fresh read_committed reader sees.
+fn committed_offsets(topic: &str, p: i32, start: i64) -> Vec<i64> {
+    let consumer = committed_reader(&format!("{topic}-probe"));
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, p, Offset::Offset(start))
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    let mut offsets = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => offsets.push(m.offset()),
+            Some(Err(KafkaError::PartitionEOF(_))) => break,
+            Some(Err(e)) => panic!("reading {topic}/{p}: {e}"),
+            None => {}
+        }
+    }
+    offsets
+}
+
+/// Whether the broker hides committed records of `topic` from a reader that starts late:
+/// per partition, a fresh read_committed reader starting 64 records before the end must see
+/// every record one starting at the beginning saw there. noida-db 0.2.3 fails this after a
+/// transaction of a producer was aborted (a new owner of its `transactional.id` fenced it) and
+/// the producer wrote again: a fetch that starts past the abort marker still lists the aborted
+/// transaction, and librdkafka then drops every later record of that producer as aborted. A
+/// long-lived reader of such a topic stops seeing that producer for good. Returns what was
+/// hidden, if anything.
+pub fn hidden_committed_records(topic: &str) -> Option<String> {
+    let consumer = committed_reader(&format!("{topic}-probe"));
+    let partitions = partition_count(&consumer, topic) as i32;
+    let mut hidden = Vec::new();
+    for p in 0..partitions {
+        let all = committed_offsets(topic, p, 0);
+        let Some(&start) = all.iter().rev().nth(63).or(all.first()) else {
+            continue;
+        };
+        let last = *all.last().unwrap();
+        let late = committed_offsets(topic, p, start);
+        let missing = all
+            .iter()
+            .filter(|&&o| o >= start && o <= last && late.binary_search(&o).is_err())
+            .count();
+        if missing > 0 {
+            hidden.push(format!(
+                "{topic}/{p}: a read_committed reader starting at offset {start} misses \
+                 {missing} of the committed records up to {last} that one starting at 0 sees"
+            ));
+        }
+    }
+    (!hidden.is_empty()).then(|| hidden.join("; "))
 }
