@@ -35,7 +35,8 @@ use weir_engine::state::{BatchOp, StateBatch, StateStore, Table};
 
 use super::client::SetDefault;
 use super::client::{
-    drain, is_fenced, is_retryable, EofAwareContext, DRAIN_TIMEOUT, REQUEST_TIMEOUT,
+    drain, init_transactions, is_fenced, is_retryable, EofAwareContext, DRAIN_TIMEOUT,
+    REQUEST_TIMEOUT,
 };
 
 /// Marks a range-delete record key.
@@ -180,8 +181,7 @@ impl ChangelogReplica {
         let producer: BaseProducer = producer_config
             .create()
             .map_err(|e| FleetError::Fatal(format!("changelog producer: {e}")))?;
-        producer
-            .init_transactions(TXN_TIMEOUT)
+        init_transactions(&producer, topic, TXN_TIMEOUT)
             .map_err(|e| fleet_error("initialise transactions", &e))?;
         let mut reader_config = client.clone();
         reader_config

@@ -57,6 +57,24 @@ pub(crate) fn drain(producer: &BaseProducer, timeout: Duration) {
     }
 }
 
+/// Initialises `producer`'s transactions once the broker leading partition 0 of `topic` has
+/// answered it. librdkafka asks for the transaction coordinator as soon as
+/// `init_transactions` is called, and with no usable broker connection yet it asks again only
+/// after a fixed 500 ms ("No brokers available for Transactions" in its `eos` debug log). A
+/// fleet worker's tasks create their changelog producers all at once, and a task whose
+/// producer waited so started reading half a second after the others.
+pub(crate) fn init_transactions(
+    producer: &BaseProducer,
+    topic: &str,
+    timeout: Duration,
+) -> Result<(), KafkaError> {
+    // Best effort: if this fails, `init_transactions` reports the real problem.
+    let _ = producer
+        .client()
+        .fetch_watermarks(topic, 0, REQUEST_TIMEOUT.min(timeout));
+    producer.init_transactions(timeout)
+}
+
 /// Settings Weir tunes but the user may override through `settings`.
 pub(crate) trait SetDefault {
     /// Sets `key` unless it is already set.
