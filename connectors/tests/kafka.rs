@@ -120,6 +120,17 @@ fn read_committed(topic: &str, partitions: i32) -> Vec<(Option<String>, String)>
     out
 }
 
+/// A new one-partition topic named after `name` holding two unkeyed records, `ts` 1 and 2.
+fn topic_with_two_records(name: &str) -> String {
+    let topic = unique(name);
+    create_topic(&topic, 1);
+    produce(
+        &topic,
+        &[(0, None, r#"{"ts":1}"#), (0, None, r#"{"ts":2}"#)],
+    );
+    topic
+}
+
 fn decode_ctx(fields: &[&str]) -> DecodeContext {
     let mut slots = FieldSlots::default();
     for f in fields {
@@ -209,12 +220,7 @@ fn source_reads_each_partition_in_order_and_resumes_at_its_position() {
 
 #[test]
 fn committed_positions_become_the_groups_offsets() {
-    let topic = unique("offsets");
-    create_topic(&topic, 1);
-    produce(
-        &topic,
-        &[(0, None, r#"{"ts":1}"#), (0, None, r#"{"ts":2}"#)],
-    );
+    let topic = topic_with_two_records("offsets");
     let config = source_config(&topic, serde_json::json!({}));
     let ctx = decode_ctx(&[]);
     let mut parts = open_kafka_source("in", &config, &ctx, &PartitionSelection::All).unwrap();
@@ -255,12 +261,7 @@ fn committed_positions_become_the_groups_offsets() {
 /// source that took its position from there skipped one record after a restart.
 #[test]
 fn a_reader_at_the_end_resumes_at_the_next_record() {
-    let topic = unique("at-end");
-    create_topic(&topic, 1);
-    produce(
-        &topic,
-        &[(0, None, r#"{"ts":1}"#), (0, None, r#"{"ts":2}"#)],
-    );
+    let topic = topic_with_two_records("at-end");
     let txn: BaseProducer = client()
         .set("transactional.id", unique("txn"))
         .create()

@@ -11,7 +11,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use weir_connectors::generator::GeneratorConfig;
@@ -56,32 +56,43 @@ fn partition_count(consumer: &BaseConsumer, topic: &str) -> usize {
         .unwrap_or(0)
 }
 
-/// Every record of the result topic a read_committed consumer sees.
-pub fn committed_results(topic: &str) -> Vec<serde_json::Value> {
-    let consumer = committed_reader(&format!("{topic}-check"));
-    let mut tpl = TopicPartitionList::new();
-    let partitions = partition_count(&consumer, topic);
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p as i32, Offset::Beginning)
-            .unwrap();
+/// Assigns `consumer` (a [`committed_reader`]) each `(partition, start offset)` of `topic` and
+/// reads until every one reported its end (at most 60 s), calling `each` per record.
+fn read_committed(
+    consumer: &BaseConsumer,
+    topic: &str,
+    starts: &[(i32, Offset)],
+    mut each: impl FnMut(&BorrowedMessage<'_>),
+) {
+    if starts.is_empty() {
+        return;
     }
-    if partitions == 0 {
-        return Vec::new();
+    let mut tpl = TopicPartitionList::new();
+    for &(p, start) in starts {
+        tpl.add_partition_offset(topic, p, start).unwrap();
     }
     consumer.assign(&tpl).unwrap();
-    let mut out = Vec::new();
     let mut eof = 0;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while eof < partitions && Instant::now() < deadline {
+    while eof < starts.len() && Instant::now() < deadline {
         match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                out.push(serde_json::from_slice(m.payload().unwrap_or_default()).unwrap())
-            }
+            Some(Ok(m)) => each(&m),
             Some(Err(KafkaError::PartitionEOF(_))) => eof += 1,
-            Some(Err(e)) => panic!("reading results: {e}"),
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
             None => {}
         }
     }
+}
+
+/// Every record of the result topic a read_committed consumer sees.
+pub fn committed_results(topic: &str) -> Vec<serde_json::Value> {
+    let consumer = committed_reader(&format!("{topic}-check"));
+    let partitions = partition_count(&consumer, topic) as i32;
+    let starts: Vec<(i32, Offset)> = (0..partitions).map(|p| (p, Offset::Beginning)).collect();
+    let mut out = Vec::new();
+    read_committed(&consumer, topic, &starts, |m| {
+        out.push(serde_json::from_slice(m.payload().unwrap_or_default()).unwrap())
+    });
     out
 }
 
@@ -446,21 +457,13 @@ pub fn await_final_results(
 /// The offsets of the committed records of partition `p` of `topic` from `start` to the end a
 /// fresh read_committed reader sees.
 fn committed_offsets(topic: &str, p: i32, start: i64) -> Vec<i64> {
-    let consumer = committed_reader(&format!("{topic}-probe"));
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, p, Offset::Offset(start))
-        .unwrap();
-    consumer.assign(&tpl).unwrap();
     let mut offsets = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => offsets.push(m.offset()),
-            Some(Err(KafkaError::PartitionEOF(_))) => break,
-            Some(Err(e)) => panic!("reading {topic}/{p}: {e}"),
-            None => {}
-        }
-    }
+    read_committed(
+        &committed_reader(&format!("{topic}-probe")),
+        topic,
+        &[(p, Offset::Offset(start))],
+        |m| offsets.push(m.offset()),
+    );
     offsets
 }
 
