@@ -22,7 +22,7 @@ use weir_engine::checkpoint::{read_progress, write_committed, write_prepared, Pr
 use weir_engine::event::{EventRecord, FieldSlots, Output, Value};
 use weir_engine::runtime::fleet::{CheckpointReplica, FleetError};
 use weir_engine::runtime::{
-    DecodeContext, PartitionSelection, PollStatus, Sink, SinkScope, SourceBatch,
+    DecodeContext, PartitionSelection, PollStatus, Sink, SinkScope, SourceBatch, SourceError,
 };
 use weir_engine::state::{MemoryStateStore, StateBatch, StateStore, Table};
 use weir_engine::topology::EventTimeSpec;
@@ -316,6 +316,92 @@ fn a_reader_at_the_end_resumes_at_the_next_record() {
 
 /// Reads partition 0 of `topic` to its end with a fresh source of `config`, `max` records per
 /// poll.
+/// Appends records `{"n": i, "ts": i}` for each `i` of `numbers` to partition 0 of `topic`.
+fn produce_numbered(topic: &str, numbers: std::ops::Range<i64>) {
+    let values: Vec<String> = numbers
+        .map(|i| format!(r#"{{"n":{i},"ts":{i}}}"#))
+        .collect();
+    let records: Vec<(i32, Option<&str>, &str)> =
+        values.iter().map(|v| (0, None, v.as_str())).collect();
+    produce(topic, &records);
+}
+
+/// Has the broker delete every record of partition 0 of `topic` before `offset`, as
+/// retention does.
+fn delete_records_before(topic: &str, offset: i64) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    let admin: AdminClient<_> = client().create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Offset(offset))
+        .unwrap();
+    let deleted = block_on(admin.delete_records(&tpl, &AdminOptions::new())).unwrap();
+    assert_eq!(
+        deleted.elements()[0].offset(),
+        Offset::Offset(offset),
+        "the broker's new log start"
+    );
+}
+
+/// The `n` field of each record of `batch`.
+fn numbers(batch: &SourceBatch) -> Vec<i64> {
+    batch
+        .records
+        .iter()
+        .map(|r| match &r.fields[0] {
+            Value::Int(n) => *n,
+            other => panic!("n is {other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn a_position_whose_records_were_deleted_resumes_at_the_log_start() {
+    // Records 0 to 9, 0 to 4 deleted; the reader stood at 2.
+    let topic = unique("deleted");
+    create_topic(&topic, 1);
+    produce_numbered(&topic, 0..10);
+    delete_records_before(&topic, 5);
+    let config = source_config(&topic, serde_json::json!({}));
+    let ctx = decode_ctx(&["n"]);
+    let mut parts = open_kafka_source("in", &config, &ctx, &PartitionSelection::All).unwrap();
+    parts[0].seek(&2i64.to_be_bytes()).unwrap();
+    let mut batch = SourceBatch::default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while parts[0].poll(&mut batch, 100).unwrap() != PollStatus::End {
+        assert!(Instant::now() < deadline, "the partition never ended");
+    }
+    // librdkafka's own answer to the refused offset would have been the end: nothing read.
+    assert_eq!(numbers(&batch), vec![5, 6, 7, 8, 9]);
+    assert_eq!(parts[0].position(), 10i64.to_be_bytes());
+}
+
+#[test]
+fn a_position_past_the_end_waits_for_the_partition_to_reach_it() {
+    let topic = unique("past-end");
+    create_topic(&topic, 1);
+    produce_numbered(&topic, 0..4);
+    let config = source_config(&topic, serde_json::json!({"end_at_tail": false}));
+    let ctx = decode_ctx(&["n"]);
+    let mut parts = open_kafka_source("in", &config, &ctx, &PartitionSelection::All).unwrap();
+    parts[0].seek(&6i64.to_be_bytes()).unwrap();
+    let mut batch = SourceBatch::default();
+    match parts[0].poll(&mut batch, 100) {
+        Err(SourceError::Retryable(reason)) => {
+            assert!(reason.contains("past the partition's end 4"), "{reason}")
+        }
+        other => panic!("expected a retryable error, got {other:?}"),
+    }
+    // Once the partition reaches the position, reading starts there and nothing before it
+    // is read twice.
+    produce_numbered(&topic, 4..8);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while batch.records.len() < 2 {
+        assert!(Instant::now() < deadline, "read {:?}", numbers(&batch));
+        let _ = parts[0].poll(&mut batch, 100);
+    }
+    assert_eq!(numbers(&batch), vec![6, 7]);
+}
+
 fn read_partition_to_end(
     config: &KafkaSourceConfig,
     ctx: &DecodeContext,
@@ -335,7 +421,13 @@ fn source_reads_metadata_skips_aborted_transactions_and_keeps_order_across_batch
     use rdkafka::message::{Header, OwnedHeaders};
     let topic = unique("batches");
     create_topic(&topic, 1);
-    // More records than one poll takes, each with a header and its own timestamp.
+    // More records than one poll takes, each with a header and its own timestamp. The
+    // timestamps are recent: the broker's time-based retention (7 days) deletes older records.
+    let base = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        - 3_600_000;
     let producer: BaseProducer = client().create().unwrap();
     let first = 2500;
     for i in 0..first {
@@ -344,7 +436,7 @@ fn source_reads_metadata_skips_aborted_transactions_and_keeps_order_across_batch
         let record = BaseRecord::<str, str>::to(&topic)
             .partition(0)
             .payload(&value)
-            .timestamp(1_767_225_600_000 + i)
+            .timestamp(base + i)
             .headers(OwnedHeaders::new().insert(Header {
                 key: "trace",
                 value: Some(&trace),
@@ -372,7 +464,7 @@ fn source_reads_metadata_skips_aborted_transactions_and_keeps_order_across_batch
     let record = BaseRecord::<str, str>::to(&topic)
         .partition(0)
         .payload(r#"{"user":"committed","ts":1}"#)
-        .timestamp(1_767_225_600_000);
+        .timestamp(base);
     txn.send(record).map_err(|(e, _)| e).unwrap();
     txn.commit_transaction(Duration::from_secs(10)).unwrap();
 
@@ -402,7 +494,7 @@ fn source_reads_metadata_skips_aborted_transactions_and_keeps_order_across_batch
             assert_eq!(record.fields[1], Value::Str(topic.as_str().into()));
             assert_eq!(record.fields[2], Value::Int(i as i64), "in offset order");
             assert_eq!(record.fields[3], Value::Str(format!("t{i}").into()));
-            let ts = 1_767_225_600_000 + i as i64;
+            let ts = base + i as i64;
             assert_eq!(record.fields[4], Value::Int(ts));
             assert_eq!(record.time, ts, "event time from the message timestamp");
         }

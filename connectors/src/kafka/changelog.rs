@@ -189,6 +189,9 @@ impl ChangelogReplica {
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")
             .set("enable.partition.eof", "true")
+            // Else an offset the broker refuses sends the reader to the end, and the restore
+            // would miss state without a word.
+            .set("auto.offset.reset", "error")
             .set_default("fetch.max.bytes", "52428800")
             .set_default("max.partition.fetch.bytes", "16777216");
         Ok(ChangelogReplica {
@@ -247,6 +250,15 @@ impl ChangelogReplica {
                     }
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => break,
+                // Retried: the next read starts from the watermarks read then.
+                Some(Err(e))
+                    if e.rdkafka_error_code() == Some(RDKafkaErrorCode::AutoOffsetReset) =>
+                {
+                    return Err(FleetError::Retryable(format!(
+                        "changelog {}/{}: the broker refused offset {start}: {e}",
+                        self.topic, self.partition
+                    )))
+                }
                 Some(Err(e)) => return Err(fleet_error("read", &e)),
                 None if last_progress.elapsed() > deadline_idle => {
                     return Err(FleetError::Retryable(format!(

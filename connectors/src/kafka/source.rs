@@ -14,6 +14,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use weir_engine::event::{DeadLetter, Timestamp};
 use weir_engine::runtime::exchange::{self, ExchangeMessage, UpstreamWatermarks};
@@ -82,6 +83,9 @@ fn consumer_config(config: &KafkaSourceConfig) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
+        // librdkafka's default on an offset the broker does not have is to jump to the end
+        // without a word, losing every record between; the source decides itself (`assign`).
+        .set("auto.offset.reset", "error")
         .set_default("fetch.wait.max.ms", "100")
         .set_default("queued.max.messages.kbytes", "16384");
     client
@@ -109,6 +113,9 @@ pub struct KafkaPartition {
     /// A consumer error seen after some of a batch's messages were taken: returned by the
     /// next `poll`, so those messages reach the pipeline first.
     failure: Option<KafkaError>,
+    /// librdkafka's text when the broker refused the position as out of range: the partition
+    /// stopped fetching and the next `poll` assigns it again.
+    out_of_range: Option<String>,
     /// For an exchange partition (stage 2 of `repartition: true`): what every upstream task
     /// reported. Such a partition decodes exchange values, starts at the beginning without
     /// asking the group, commits no group offsets, and ends when every upstream ended.
@@ -147,6 +154,7 @@ impl KafkaPartition {
             end: None,
             assigned: false,
             failure: None,
+            out_of_range: None,
             exchange: None,
         })
     }
@@ -191,6 +199,7 @@ impl KafkaPartition {
                 next
             }
         };
+        let next = self.within_log(next, low, high)?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.topic, self.partition, Offset::Offset(next))
             .map_err(|e| SourceError::Fatal(e.to_string()))?;
@@ -203,6 +212,33 @@ impl KafkaPartition {
         }
         self.assigned = true;
         Ok(())
+    }
+
+    /// Where to read from, given the partition's log from `low` to `high`: `next` itself, or
+    /// `low` when the records before it were deleted (retention, `DeleteRecords`) before this
+    /// source read them. A position past the end is an error: the broker lost records this
+    /// source already read, or the topic was recreated, and reading on would skip or repeat
+    /// records silently.
+    fn within_log(&mut self, next: i64, low: i64, high: i64) -> Result<i64, SourceError> {
+        if let Some(reason) = self.out_of_range.take() {
+            tracing::warn!(partition = %self.id, next, low, high, %reason, "the broker refused the read position; assigning the partition again");
+        }
+        if next > high {
+            return Err(SourceError::Retryable(format!(
+                "{}: the read position {next} is past the partition's end {high}: the broker \
+                 lost records this source read, or the topic was recreated",
+                self.id
+            )));
+        }
+        if next < low {
+            tracing::warn!(
+                partition = %self.id,
+                lost = low - next,
+                "records {next}..{low} were deleted before this source read them; resuming at {low}"
+            );
+            return Ok(low);
+        }
+        Ok(next)
     }
 
     /// The group's committed offset of this partition, if any.
@@ -354,6 +390,9 @@ impl SourcePartition for KafkaPartition {
                     produced += 1;
                 }
                 Entry::PartitionEof(end) => self.at_partition_end(end),
+                Entry::Error(RDKafkaErrorCode::AutoOffsetReset, text) => {
+                    self.out_of_range = Some(text);
+                }
                 Entry::Error(code, text) => {
                     tracing::debug!(partition = %self.id, %text, "consumer error");
                     self.failure
@@ -361,6 +400,9 @@ impl SourcePartition for KafkaPartition {
                 }
             });
             self.queue = Some(queue);
+        }
+        if self.out_of_range.is_some() {
+            self.assigned = false;
         }
         if produced == 0 {
             if let Some(e) = self.failure.take() {
