@@ -75,6 +75,22 @@ pub(crate) fn init_transactions(
     producer.init_transactions(timeout)
 }
 
+/// A producer connecting to the broker that leads partition 0 of an existing `topic`, on a
+/// thread of its own: join it just before `init_transactions`, which is then quick (see
+/// [`init_transactions`]) without the caller waiting for the connection.
+pub(crate) fn warm_up(
+    producer: BaseProducer,
+    topic: String,
+) -> std::thread::JoinHandle<BaseProducer> {
+    std::thread::spawn(move || {
+        // Best effort, as in `init_transactions`.
+        let _ = producer
+            .client()
+            .fetch_watermarks(&topic, 0, REQUEST_TIMEOUT);
+        producer
+    })
+}
+
 /// Settings Weir tunes but the user may override through `settings`.
 pub(crate) trait SetDefault {
     /// Sets `key` unless it is already set.
