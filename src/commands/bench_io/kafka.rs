@@ -1191,6 +1191,8 @@ sources:
     end_at_tail: true
     event_time: {field: ts_ms, format: epoch_millis}
     watermark: {max_out_of_orderness: 1s}
+    # As for the baseline's consumers (`client`): noida-db answers a fetch with all it holds.
+    settings: {receive.message.max.bytes: "2147483647"}
 pipelines:
   totals:
     source: events
