@@ -402,6 +402,47 @@ fn a_position_past_the_end_waits_for_the_partition_to_reach_it() {
     assert_eq!(numbers(&batch), vec![6, 7]);
 }
 
+#[test]
+fn a_partition_that_loses_records_under_a_reader_is_not_skipped_to_its_end() {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    let topic = unique("recreated");
+    create_topic(&topic, 1);
+    produce_numbered(&topic, 0..5);
+    let config = source_config(&topic, serde_json::json!({"end_at_tail": false}));
+    let ctx = decode_ctx(&["n"]);
+    let mut parts = open_kafka_source("in", &config, &ctx, &PartitionSelection::All).unwrap();
+    let mut batch = SourceBatch::default();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while batch.records.len() < 5 {
+        assert!(Instant::now() < deadline, "read {:?}", numbers(&batch));
+        parts[0].poll(&mut batch, 100).unwrap();
+    }
+    // The topic is recreated under the reader: its position 5 is past the new end.
+    let admin: AdminClient<_> = client().create().unwrap();
+    block_on(admin.delete_topics(&[&topic], &AdminOptions::new())).unwrap();
+    create_topic(&topic, 1);
+    produce_numbered(&topic, 100..102);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let reason = loop {
+        assert!(Instant::now() < deadline, "read {:?}", numbers(&batch));
+        match parts[0].poll(&mut batch, 100) {
+            Err(SourceError::Retryable(reason)) if reason.contains("past the partition") => {
+                break reason
+            }
+            _ => {}
+        }
+    };
+    assert!(
+        reason.contains("position 5 is past the partition's end 2"),
+        "{reason}"
+    );
+    assert_eq!(
+        numbers(&batch),
+        vec![0, 1, 2, 3, 4],
+        "nothing of the new topic read"
+    );
+}
+
 fn read_partition_to_end(
     config: &KafkaSourceConfig,
     ctx: &DecodeContext,
