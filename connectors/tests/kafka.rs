@@ -23,6 +23,7 @@ use weir_engine::event::{EventRecord, FieldSlots, Output, Value};
 use weir_engine::runtime::fleet::{CheckpointReplica, FleetError};
 use weir_engine::runtime::{
     DecodeContext, PartitionSelection, PollStatus, Sink, SinkScope, SourceBatch, SourceError,
+    SourcePartition,
 };
 use weir_engine::state::{MemoryStateStore, StateBatch, StateStore, Table};
 use weir_engine::topology::EventTimeSpec;
@@ -326,6 +327,22 @@ fn produce_numbered(topic: &str, numbers: std::ops::Range<i64>) {
     produce(topic, &records);
 }
 
+/// A new one-partition topic named after `name` holding records `{"n": i, "ts": i}` for
+/// each `i` of `numbers`, and a reader of it decoding `n` (`extra`: source options).
+fn numbered_topic_and_reader(
+    name: &str,
+    numbers: std::ops::Range<i64>,
+    extra: serde_json::Value,
+) -> (String, Box<dyn SourcePartition>) {
+    let topic = unique(name);
+    create_topic(&topic, 1);
+    produce_numbered(&topic, numbers);
+    let config = source_config(&topic, extra);
+    let mut parts =
+        open_kafka_source("in", &config, &decode_ctx(&["n"]), &PartitionSelection::All).unwrap();
+    (topic, parts.remove(0))
+}
+
 /// Has the broker delete every record of partition 0 of `topic` before `offset`, as
 /// retention does.
 fn delete_records_before(topic: &str, offset: i64) {
@@ -357,35 +374,26 @@ fn numbers(batch: &SourceBatch) -> Vec<i64> {
 #[test]
 fn a_position_whose_records_were_deleted_resumes_at_the_log_start() {
     // Records 0 to 9, 0 to 4 deleted; the reader stood at 2.
-    let topic = unique("deleted");
-    create_topic(&topic, 1);
-    produce_numbered(&topic, 0..10);
+    let (topic, mut reader) = numbered_topic_and_reader("deleted", 0..10, serde_json::json!({}));
     delete_records_before(&topic, 5);
-    let config = source_config(&topic, serde_json::json!({}));
-    let ctx = decode_ctx(&["n"]);
-    let mut parts = open_kafka_source("in", &config, &ctx, &PartitionSelection::All).unwrap();
-    parts[0].seek(&2i64.to_be_bytes()).unwrap();
+    reader.seek(&2i64.to_be_bytes()).unwrap();
     let mut batch = SourceBatch::default();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while parts[0].poll(&mut batch, 100).unwrap() != PollStatus::End {
+    while reader.poll(&mut batch, 100).unwrap() != PollStatus::End {
         assert!(Instant::now() < deadline, "the partition never ended");
     }
     // librdkafka's own answer to the refused offset would have been the end: nothing read.
     assert_eq!(numbers(&batch), vec![5, 6, 7, 8, 9]);
-    assert_eq!(parts[0].position(), 10i64.to_be_bytes());
+    assert_eq!(reader.position(), 10i64.to_be_bytes());
 }
 
 #[test]
 fn a_position_past_the_end_waits_for_the_partition_to_reach_it() {
-    let topic = unique("past-end");
-    create_topic(&topic, 1);
-    produce_numbered(&topic, 0..4);
-    let config = source_config(&topic, serde_json::json!({"end_at_tail": false}));
-    let ctx = decode_ctx(&["n"]);
-    let mut parts = open_kafka_source("in", &config, &ctx, &PartitionSelection::All).unwrap();
-    parts[0].seek(&6i64.to_be_bytes()).unwrap();
+    let (topic, mut reader) =
+        numbered_topic_and_reader("past-end", 0..4, serde_json::json!({"end_at_tail": false}));
+    reader.seek(&6i64.to_be_bytes()).unwrap();
     let mut batch = SourceBatch::default();
-    match parts[0].poll(&mut batch, 100) {
+    match reader.poll(&mut batch, 100) {
         Err(SourceError::Retryable(reason)) => {
             assert!(reason.contains("past the partition's end 4"), "{reason}")
         }
@@ -397,7 +405,7 @@ fn a_position_past_the_end_waits_for_the_partition_to_reach_it() {
     let deadline = Instant::now() + Duration::from_secs(30);
     while batch.records.len() < 2 {
         assert!(Instant::now() < deadline, "read {:?}", numbers(&batch));
-        let _ = parts[0].poll(&mut batch, 100);
+        let _ = reader.poll(&mut batch, 100);
     }
     assert_eq!(numbers(&batch), vec![6, 7]);
 }
@@ -405,17 +413,13 @@ fn a_position_past_the_end_waits_for_the_partition_to_reach_it() {
 #[test]
 fn a_partition_that_loses_records_under_a_reader_is_not_skipped_to_its_end() {
     use rdkafka::admin::{AdminClient, AdminOptions};
-    let topic = unique("recreated");
-    create_topic(&topic, 1);
-    produce_numbered(&topic, 0..5);
-    let config = source_config(&topic, serde_json::json!({"end_at_tail": false}));
-    let ctx = decode_ctx(&["n"]);
-    let mut parts = open_kafka_source("in", &config, &ctx, &PartitionSelection::All).unwrap();
+    let (topic, mut reader) =
+        numbered_topic_and_reader("recreated", 0..5, serde_json::json!({"end_at_tail": false}));
     let mut batch = SourceBatch::default();
     let deadline = Instant::now() + Duration::from_secs(20);
     while batch.records.len() < 5 {
         assert!(Instant::now() < deadline, "read {:?}", numbers(&batch));
-        parts[0].poll(&mut batch, 100).unwrap();
+        reader.poll(&mut batch, 100).unwrap();
     }
     // The topic is recreated under the reader: its position 5 is past the new end.
     let admin: AdminClient<_> = client().create().unwrap();
@@ -425,7 +429,7 @@ fn a_partition_that_loses_records_under_a_reader_is_not_skipped_to_its_end() {
     let deadline = Instant::now() + Duration::from_secs(20);
     let reason = loop {
         assert!(Instant::now() < deadline, "read {:?}", numbers(&batch));
-        match parts[0].poll(&mut batch, 100) {
+        match reader.poll(&mut batch, 100) {
             Err(SourceError::Retryable(reason)) if reason.contains("past the partition") => {
                 break reason
             }

@@ -250,15 +250,6 @@ impl ChangelogReplica {
                     }
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => break,
-                // Retried: the next read starts from the watermarks read then.
-                Some(Err(e))
-                    if e.rdkafka_error_code() == Some(RDKafkaErrorCode::AutoOffsetReset) =>
-                {
-                    return Err(FleetError::Retryable(format!(
-                        "changelog {}/{}: the broker refused offset {start}: {e}",
-                        self.topic, self.partition
-                    )))
-                }
                 Some(Err(e)) => return Err(fleet_error("read", &e)),
                 None if last_progress.elapsed() > deadline_idle => {
                     return Err(FleetError::Retryable(format!(

@@ -68,10 +68,7 @@ pub(crate) fn init_transactions(
     topic: &str,
     timeout: Duration,
 ) -> Result<(), KafkaError> {
-    // Best effort: if this fails, `init_transactions` reports the real problem.
-    let _ = producer
-        .client()
-        .fetch_watermarks(topic, 0, REQUEST_TIMEOUT.min(timeout));
+    connect_to_leader(producer, topic, REQUEST_TIMEOUT.min(timeout));
     producer.init_transactions(timeout)
 }
 
@@ -83,12 +80,15 @@ pub(crate) fn warm_up(
     topic: String,
 ) -> std::thread::JoinHandle<BaseProducer> {
     std::thread::spawn(move || {
-        // Best effort, as in `init_transactions`.
-        let _ = producer
-            .client()
-            .fetch_watermarks(&topic, 0, REQUEST_TIMEOUT);
+        connect_to_leader(&producer, &topic, REQUEST_TIMEOUT);
         producer
     })
+}
+
+/// Asks the leader of partition 0 of `topic` for its offsets, so `producer` has a connection
+/// to it. Best effort: if this fails, `init_transactions` reports the real problem.
+fn connect_to_leader(producer: &BaseProducer, topic: &str, timeout: Duration) {
+    let _ = producer.client().fetch_watermarks(topic, 0, timeout);
 }
 
 /// Settings Weir tunes but the user may override through `settings`.
@@ -129,6 +129,8 @@ pub(crate) fn is_retryable(e: &KafkaError) -> bool {
                 | RDKafkaErrorCode::NotEnoughReplicas
                 | RDKafkaErrorCode::KafkaStorageError
                 | RDKafkaErrorCode::RebalanceInProgress
+                // A reader refused its start offset: the next read re-reads the watermarks.
+                | RDKafkaErrorCode::AutoOffsetReset
         ),
         None => matches!(e, KafkaError::Canceled | KafkaError::NoMessageReceived),
     }
