@@ -35,8 +35,8 @@ use weir_engine::state::{BatchOp, StateBatch, StateStore, Table};
 
 use super::client::SetDefault;
 use super::client::{
-    drain, init_transactions, is_fenced, is_retryable, EofAwareContext, DRAIN_TIMEOUT,
-    REQUEST_TIMEOUT,
+    drain, init_transactions, is_fenced, is_retryable, ClosedInBackground, EofAwareContext,
+    DRAIN_TIMEOUT, REQUEST_TIMEOUT,
 };
 
 /// Marks a range-delete record key.
@@ -184,6 +184,8 @@ impl ChangelogReplica {
         init_transactions(&producer, topic, TXN_TIMEOUT)
             .map_err(|e| fleet_error("initialise transactions", &e))?;
         let mut reader_config = client.clone();
+        // librdkafka assigns partitions only to a consumer with a group; this one never
+        // joins it or commits.
         reader_config
             .set("group.id", format!("weir.{job}.restore"))
             .set("enable.auto.commit", "false")
@@ -211,9 +213,11 @@ impl ChangelogReplica {
         from_end: Option<i64>,
         visit: &mut RecordVisitor<'_>,
     ) -> Result<(i64, i64), FleetError> {
-        let consumer: BaseConsumer<EofAwareContext> = self
+        // Closed in the background: a task start reads twice (progress, then restore).
+        let consumer: ClosedInBackground<BaseConsumer<EofAwareContext>> = self
             .reader_config
             .create_with_context(EofAwareContext)
+            .map(ClosedInBackground::new)
             .map_err(|e| FleetError::Fatal(format!("changelog reader: {e}")))?;
         let (low, high) = consumer
             .fetch_watermarks(&self.topic, self.partition, REQUEST_TIMEOUT)

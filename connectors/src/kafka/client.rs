@@ -91,6 +91,45 @@ fn connect_to_leader(producer: &BaseProducer, topic: &str, timeout: Duration) {
     let _ = producer.client().fetch_watermarks(topic, 0, timeout);
 }
 
+/// A librdkafka client whose drop blocks: it is dropped on a short-lived thread of its own.
+///
+/// The rdkafka crate's drop of an admin client, and of a consumer with a `group.id`, waits
+/// for a 100 ms poll that nothing wakes (the admin's polling thread, the consumer's close).
+/// A fleet task opens and closes several such clients, so each would add a tenth of a second
+/// to every task start, hand-over and end. Nothing waits for the close: an admin client has
+/// nothing left to do, and Weir's consumers are assigned partitions, not group members.
+pub(crate) struct ClosedInBackground<T: Send + 'static>(Option<T>);
+
+impl<T: Send + 'static> ClosedInBackground<T> {
+    /// Wraps `client`.
+    pub fn new(client: T) -> Self {
+        ClosedInBackground(Some(client))
+    }
+}
+
+impl<T: Send + 'static> std::ops::Deref for ClosedInBackground<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        // Only `drop` takes the client out.
+        self.0
+            .as_ref()
+            .expect("the client is present until dropped")
+    }
+}
+
+impl<T: Send + 'static> Drop for ClosedInBackground<T> {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            let spawned = std::thread::Builder::new()
+                .name("weir-kafka-close".into())
+                .spawn(move || drop(client));
+            // When no thread can be started, the failed spawn has dropped the client here.
+            drop(spawned);
+        }
+    }
+}
+
 /// Settings Weir tunes but the user may override through `settings`.
 pub(crate) trait SetDefault {
     /// Sets `key` unless it is already set.
@@ -242,8 +281,9 @@ pub(crate) fn ensure_topic(config: &ClientConfig, spec: &TopicSpec) -> Result<()
         }
         Err(TopicError::Missing(_)) => {
             let unavailable = |e: String| TopicError::Unavailable(e);
-            let admin: AdminClient<DefaultClientContext> = config
+            let admin: ClosedInBackground<AdminClient<DefaultClientContext>> = config
                 .create()
+                .map(ClosedInBackground::new)
                 .map_err(|e| unavailable(format!("cannot create a Kafka admin client: {e}")))?;
             let topic = NewTopic::new(
                 &spec.name,
@@ -283,8 +323,9 @@ pub(crate) fn ensure_topic(config: &ClientConfig, spec: &TopicSpec) -> Result<()
 /// Checks `cleanup.policy` of an existing topic. Brokers that cannot describe configs are
 /// trusted with a warning (the policy is an optimisation of restore time, not of correctness).
 fn check_cleanup_policy(config: &ClientConfig, topic: &str, expected: &str) -> Result<(), String> {
-    let admin: AdminClient<DefaultClientContext> = config
+    let admin: ClosedInBackground<AdminClient<DefaultClientContext>> = config
         .create()
+        .map(ClosedInBackground::new)
         .map_err(|e| format!("cannot create a Kafka admin client: {e}"))?;
     let options = AdminOptions::new().request_timeout(Some(REQUEST_TIMEOUT));
     let described = block_on(admin.describe_configs([&ResourceSpecifier::Topic(topic)], &options));

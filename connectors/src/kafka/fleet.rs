@@ -132,20 +132,6 @@ impl KafkaFleet {
     ) -> Result<KafkaFleet, FleetError> {
         let client = client_config(&source.brokers, &source.settings);
         let tasks = task_partitions(source).map_err(|e| FleetError::Fatal(e.to_string()))?;
-        let changelog = format!("{job}-changelog");
-        ensure_topic(
-            &client,
-            &TopicSpec {
-                name: changelog.clone(),
-                partitions: tasks.len() as u32,
-                compacted: true,
-                replication: source.replication_factor,
-            },
-        )
-        .map_err(|e| match e {
-            TopicError::Missing(m) => FleetError::Fatal(m),
-            TopicError::Unavailable(m) => FleetError::Retryable(m),
-        })?;
         let shared = Arc::new(Shared::default());
         let mut member_config = client.clone();
         member_config
@@ -182,6 +168,22 @@ impl KafkaFleet {
         member
             .subscribe(&topics)
             .map_err(|e| FleetError::Fatal(format!("cannot subscribe: {e}")))?;
+        // After subscribing: the broker's first join of a group takes a while, and the topic
+        // is made meanwhile (the member's callbacks run only when the worker polls it).
+        let changelog = format!("{job}-changelog");
+        ensure_topic(
+            &client,
+            &TopicSpec {
+                name: changelog.clone(),
+                partitions: tasks.len() as u32,
+                compacted: true,
+                replication: source.replication_factor,
+            },
+        )
+        .map_err(|e| match e {
+            TopicError::Missing(m) => FleetError::Fatal(m),
+            TopicError::Unavailable(m) => FleetError::Retryable(m),
+        })?;
         let pending = offsets::register(&source.group);
         Ok(KafkaFleet {
             job: job.to_string(),

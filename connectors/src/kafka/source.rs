@@ -24,7 +24,8 @@ use weir_engine::runtime::{
 
 use super::client::SetDefault;
 use super::client::{
-    client_config, is_retryable, partition_counts, EofAwareContext, TopicError, REQUEST_TIMEOUT,
+    client_config, is_retryable, partition_counts, ClosedInBackground, EofAwareContext, TopicError,
+    REQUEST_TIMEOUT,
 };
 use super::config::{KafkaSourceConfig, StartFrom};
 use super::decode::MessageDecoder;
@@ -101,7 +102,8 @@ pub struct KafkaPartition {
     /// The partition's messages, split from `consumer`'s queue (declared first: dropped
     /// before the consumer).
     queue: Option<PartitionQueue>,
-    consumer: BaseConsumer<EofAwareContext>,
+    /// Closed in the background: a task that ends or hands its partition over does not wait.
+    consumer: ClosedInBackground<BaseConsumer<EofAwareContext>>,
     decoder: MessageDecoder,
     start: StartFrom,
     end_at_tail: bool,
@@ -133,6 +135,7 @@ impl KafkaPartition {
         let consumer: BaseConsumer<EofAwareContext> = consumer_config(config)
             .create_with_context(EofAwareContext)
             .map_err(|e| SourceError::Fatal(format!("cannot create a Kafka consumer: {e}")))?;
+        let consumer = ClosedInBackground::new(consumer);
         let decoder = MessageDecoder::new(config.format, config.avro.as_ref(), ctx)?;
         let queue = PartitionQueue::split(&consumer, &topic, partition).ok_or_else(|| {
             SourceError::Fatal(format!(
