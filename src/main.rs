@@ -77,6 +77,11 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
     };
+    // Kafka clients closed in the background finish first (at most a few seconds).
+    #[cfg(feature = "kafka")]
+    if !weir_connectors::kafka::finish_background_closes(std::time::Duration::from_secs(5)) {
+        tracing::warn!("Kafka clients were still closing when the process exited");
+    }
     match result {
         Ok(code) => code,
         Err(e) => {

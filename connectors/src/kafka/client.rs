@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
@@ -96,9 +96,54 @@ fn connect_to_leader(producer: &BaseProducer, topic: &str, timeout: Duration) {
 /// The rdkafka crate's drop of an admin client, and of a consumer with a `group.id`, waits
 /// for a 100 ms poll that nothing wakes (the admin's polling thread, the consumer's close).
 /// A fleet task opens and closes several such clients, so each would add a tenth of a second
-/// to every task start, hand-over and end. Nothing waits for the close: an admin client has
-/// nothing left to do, and Weir's consumers are assigned partitions, not group members.
+/// to every task start, hand-over and end. Nothing in the process waits for the close (an
+/// admin client has nothing left to do, and Weir's consumers are assigned partitions, not group
+/// members), but the process does before it exits: see [`finish_background_closes`].
 pub(crate) struct ClosedInBackground<T: Send + 'static>(Option<T>);
+
+/// How many background closes have not finished, and the signal of each one that does.
+static CLOSING: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
+
+fn closing_count() -> std::sync::MutexGuard<'static, usize> {
+    CLOSING.0.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Waits until every client handed to a background close is closed, for at most `timeout`;
+/// `true` when all were. Call it before the process exits: a source consumer's close completes
+/// its last offset commit (the group's progress report).
+pub fn finish_background_closes(timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut count = closing_count();
+    while *count > 0 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        count = CLOSING
+            .1
+            .wait_timeout(count, left)
+            .map(|(guard, _)| guard)
+            .unwrap_or_else(|e| e.into_inner().0);
+    }
+    true
+}
+
+/// Counts one background close from creation until dropped (also when its thread never ran).
+struct PendingClose;
+
+impl PendingClose {
+    fn start() -> PendingClose {
+        *closing_count() += 1;
+        PendingClose
+    }
+}
+
+impl Drop for PendingClose {
+    fn drop(&mut self) {
+        *closing_count() -= 1;
+        CLOSING.1.notify_all();
+    }
+}
 
 impl<T: Send + 'static> ClosedInBackground<T> {
     /// Wraps `client`.
@@ -121,9 +166,13 @@ impl<T: Send + 'static> std::ops::Deref for ClosedInBackground<T> {
 impl<T: Send + 'static> Drop for ClosedInBackground<T> {
     fn drop(&mut self) {
         if let Some(client) = self.0.take() {
+            let pending = PendingClose::start();
             let spawned = std::thread::Builder::new()
                 .name("weir-kafka-close".into())
-                .spawn(move || drop(client));
+                .spawn(move || {
+                    drop(client);
+                    drop(pending);
+                });
             // When no thread can be started, the failed spawn has dropped the client here.
             drop(spawned);
         }
@@ -346,5 +395,29 @@ fn check_cleanup_policy(config: &ClientConfig, topic: &str, expected: &str) -> R
             );
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A value whose drop waits until the test lets it go.
+    struct HeldOpen(std::sync::mpsc::Receiver<()>);
+
+    impl Drop for HeldOpen {
+        fn drop(&mut self) {
+            let _ = self.0.recv();
+        }
+    }
+
+    #[test]
+    fn the_process_waits_for_a_background_close_until_it_is_done() {
+        let (release, held) = std::sync::mpsc::channel();
+        drop(ClosedInBackground::new(HeldOpen(held)));
+        // The drop returned at once, and the close is still pending.
+        assert!(!finish_background_closes(Duration::from_millis(50)));
+        release.send(()).unwrap();
+        assert!(finish_background_closes(Duration::from_secs(10)));
     }
 }

@@ -14,7 +14,7 @@ pub mod sink;
 pub mod source;
 
 pub use changelog::ChangelogReplica;
-pub use client::{block_on, EofAwareContext};
+pub use client::{block_on, finish_background_closes, EofAwareContext};
 pub use config::{KafkaFleetConfig, KafkaSinkConfig, KafkaSourceConfig};
 pub use fleet::KafkaFleet;
 pub use sink::KafkaSink;
