@@ -439,6 +439,10 @@ pub fn await_final_results(
         // Tells results held back by an open transaction (the read_committed end stays
         // behind the log end) from results never written.
         eprintln!("{topic}: {}", transaction_backlog(topic));
+        // The workers' own account of the stall (the killed ones' included).
+        for (w, file) in topology_files.iter().enumerate() {
+            eprintln!("worker {w}, end of its log:\n{}", run_log_tail(file, 6000));
+        }
     }
     for child in running.values_mut() {
         sigterm(child);
