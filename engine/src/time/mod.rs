@@ -100,7 +100,10 @@ impl PartitionWatermark {
             }
         }
         self.max_seen = Some(self.max_seen.map_or(time, |m| m.max(time)));
-        self.touch(now_ms);
+        // Exclusive access: a plain store, not the atomic read-modify-write of `touch`, which
+        // costs a locked instruction per event.
+        let last = self.last_activity_ms.get_mut();
+        *last = (*last).max(now_ms);
         Admission::Accepted
     }
 

@@ -362,20 +362,25 @@ fn check_count(who: &str, got: u64, want: u64) -> anyhow::Result<()> {
 }
 
 /// Produces `events` JSON events `{"ts_ms", "key", "value"}` over `keys` keys, keyed, each to
-/// its key's partition, 1,000 per second of event time in order.
+/// its key's partition, 1,000 per second of event time in order, in batches compressed with
+/// `compression` (librdkafka's `compression.type`).
 fn fill_input(
     brokers: &str,
     topic: &str,
     partitions: u32,
     events: u64,
     keys: u64,
+    compression: &str,
 ) -> anyhow::Result<()> {
     let producer: BaseProducer = client(brokers)
+        .set("compression.type", compression)
         .set("linger.ms", "20")
         .set("batch.size", "1000000")
         .set("queue.buffering.max.messages", "1000000")
         .create()?;
-    eprintln!("  kafka: producing {events} events to {partitions} partitions ...");
+    eprintln!(
+        "  kafka: producing {events} events to {partitions} partitions (compression {compression}) ..."
+    );
     let started = Instant::now();
     let keys = keys.max(1);
     let mut line = String::with_capacity(96);
@@ -421,7 +426,14 @@ fn source_section(
     let input = format!("weir-bench-{}-{kind}events", names.id);
     let results = format!("weir-bench-{}-{kind}results", names.id);
     topics.create(&input, partitions, false)?;
-    fill_input(brokers, &input, partitions, args.events, args.keys)?;
+    fill_input(
+        brokers,
+        &input,
+        partitions,
+        args.events,
+        args.keys,
+        &args.kafka_compression,
+    )?;
 
     let mut plain = client(brokers);
     plain
@@ -512,10 +524,11 @@ fn source_section(
         weir_per_s: run.events_in as f64 / weir_time.as_secs_f64(),
         floor: Some(SOURCE_FLOOR),
         detail: format!(
-            "{} events; plain before/after Weir: 1 consumer {:.2}/{:.2} s, 1 per partition \
+            "{} events (compression {}); plain before/after Weir: 1 consumer {:.2}/{:.2} s, 1 per partition \
              {:.2}/{:.2} s; Weir {:.2} s = start {:.2} s + run {:.2} s (checkpoints {} ms); {} \
              window results (all read back committed), {} epochs",
             run.events_in,
+            args.kafka_compression,
             before[0].as_secs_f64(),
             after[0].as_secs_f64(),
             before[1].as_secs_f64(),

@@ -86,6 +86,12 @@ pub struct BenchIoArgs {
     #[cfg(feature = "kafka")]
     #[arg(long, default_value_t = 6)]
     pub kafka_partitions: u32,
+    /// Compression of the kafka-source input as its producer writes it (librdkafka's
+    /// `compression.type`: none, gzip, snappy, lz4, zstd). Both the plain consumers and Weir
+    /// read the same compressed batches.
+    #[cfg(feature = "kafka")]
+    #[arg(long, default_value = "none")]
+    pub kafka_compression: String,
     /// Events per second the kafka-latency producer sends.
     #[cfg(feature = "kafka")]
     #[arg(long, default_value_t = 10_000.0)]
