@@ -96,9 +96,9 @@ fn connect_to_leader(producer: &BaseProducer, topic: &str, timeout: Duration) {
 /// The rdkafka crate's drop of an admin client, and of a consumer with a `group.id`, waits
 /// for a 100 ms poll that nothing wakes (the admin's polling thread, the consumer's close).
 /// A fleet task opens and closes several such clients, so each would add a tenth of a second
-/// to every task start, hand-over and end. Nothing in the process waits for the close (an
-/// admin client has nothing left to do, and Weir's consumers are assigned partitions, not group
-/// members), but the process does before it exits: see [`finish_background_closes`].
+/// to every task start, hand-over and end. Nothing waits for the close while the process runs
+/// (an admin client has nothing left to do, and Weir's consumers are assigned partitions, not
+/// group members); before it exits, the process does: see [`finish_background_closes`].
 pub(crate) struct ClosedInBackground<T: Send + 'static>(Option<T>);
 
 /// How many background closes have not finished, and the signal of each one that does.

@@ -100,9 +100,9 @@ fn head8(bytes: &[u8]) -> u64 {
 }
 
 /// [`head8`] of `bytes[start..end]`, read as one word when 8 bytes of `bytes` follow `start`
-/// (a key is followed by at least its closing quote and the `:`): the bytes past `end` are
-/// masked off. Spares the variable-length copy, whose store a following whole-word load
-/// cannot forward from.
+/// (for a key, the rest of the object usually does), with the bytes past `end` masked off;
+/// else copied. Spares the variable-length copy, whose stores the following whole-word load
+/// cannot be forwarded from.
 #[inline]
 fn head8_in(bytes: &[u8], start: usize, end: usize) -> u64 {
     let len = end.saturating_sub(start);

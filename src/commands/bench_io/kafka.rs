@@ -378,9 +378,7 @@ fn fill_input(
         .set("batch.size", "1000000")
         .set("queue.buffering.max.messages", "1000000")
         .create()?;
-    eprintln!(
-        "  kafka: producing {events} events to {partitions} partitions (compression {compression}) ..."
-    );
+    eprintln!("  kafka: producing {events} events to {partitions} partitions ({compression}) ...");
     let started = Instant::now();
     let keys = keys.max(1);
     let mut line = String::with_capacity(96);
@@ -524,8 +522,8 @@ fn source_section(
         weir_per_s: run.events_in as f64 / weir_time.as_secs_f64(),
         floor: Some(SOURCE_FLOOR),
         detail: format!(
-            "{} events (compression {}); plain before/after Weir: 1 consumer {:.2}/{:.2} s, 1 per partition \
-             {:.2}/{:.2} s; Weir {:.2} s = start {:.2} s + run {:.2} s (checkpoints {} ms); {} \
+            "{} events (compression {}); plain before/after Weir: 1 consumer {:.2}/{:.2} s, 1 per \
+             partition {:.2}/{:.2} s; Weir {:.2} s = start {:.2} s + run {:.2} s (checkpoints {} ms); {} \
              window results (all read back committed), {} epochs",
             run.events_in,
             args.kafka_compression,
