@@ -6,6 +6,7 @@
 #![cfg(feature = "kafka")]
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,11 +17,12 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use weir_connectors::kafka::source::open_kafka_source;
 use weir_connectors::kafka::{
-    block_on, ChangelogReplica, KafkaSink, KafkaSinkConfig, KafkaSourceConfig,
+    block_on, ChangelogReplica, KafkaFleet, KafkaFleetConfig, KafkaSink, KafkaSinkConfig,
+    KafkaSourceConfig,
 };
 use weir_engine::checkpoint::{read_progress, write_committed, write_prepared, Progress};
 use weir_engine::event::{EventRecord, FieldSlots, Output, Value};
-use weir_engine::runtime::fleet::{CheckpointReplica, FleetError};
+use weir_engine::runtime::fleet::{CheckpointReplica, FleetBackend, FleetError};
 use weir_engine::runtime::{
     DecodeContext, PartitionSelection, PollStatus, Sink, SinkScope, SourceBatch, SourceError,
     SourcePartition,
@@ -752,4 +754,47 @@ fn changelog_restores_the_state_and_fences_an_older_owner() {
         other => panic!("the old owner must be fenced, got {other:?}"),
     }
     assert_eq!(next.progress().unwrap().committed, Some(1));
+}
+
+#[test]
+fn a_fleet_members_wait_ends_when_the_group_assigns_its_partitions() {
+    let topic = unique("fleet-wait");
+    create_topic(&topic, 2);
+    let source = source_config(&topic, serde_json::json!({}));
+    let fleet = KafkaFleet::join(
+        &unique("job"),
+        &source,
+        &KafkaFleetConfig::default(),
+        Some("w1"),
+    )
+    .unwrap();
+    let ttl = Duration::from_secs(10);
+    assert_eq!(
+        fleet.acquire("p0", "w1", ttl).unwrap(),
+        None,
+        "nothing is assigned yet"
+    );
+
+    // A member that only slept would wait the whole minute; this one wakes when its first
+    // join ends, with both partitions assigned.
+    let (timeout, stop) = (Duration::from_secs(60), AtomicBool::new(false));
+    let started = Instant::now();
+    fleet.wait(timeout, &stop);
+    assert!(
+        started.elapsed() < timeout,
+        "wait ran out its timeout instead of ending at the assignment"
+    );
+    for task in ["p0", "p1"] {
+        assert!(
+            fleet.acquire(task, "w1", ttl).unwrap().is_some(),
+            "{task} is assigned once wait returns"
+        );
+    }
+
+    // With nothing to serve, wait ends when asked to stop.
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let started = Instant::now();
+    fleet.wait(timeout, &stop);
+    assert!(started.elapsed() < timeout, "wait ignored its stop flag");
+    fleet.leave("w1").unwrap();
 }

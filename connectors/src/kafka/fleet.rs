@@ -9,6 +9,7 @@
 //! worker's transactional producers as it opens the task.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,8 @@ struct Shared {
     assigned: Mutex<BTreeSet<(String, i32)>>,
     /// Running tasks by partition.
     controls: Mutex<BTreeMap<(String, i32), TaskControl>>,
+    /// Rebalance callbacks served so far: [`KafkaFleet::wait`] returns when it changes.
+    rebalances: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -61,6 +64,7 @@ impl ConsumerContext for MemberContext {
             }
             Rebalance::Assign(_) => return,
         };
+        self.shared.rebalances.fetch_add(1, Ordering::Release);
         tracing::info!(partitions = ?revoked, "group revoked partitions; stopping their tasks");
         for tp in &revoked {
             lock(&self.shared.assigned).remove(tp);
@@ -74,9 +78,7 @@ impl ConsumerContext for MemberContext {
                 .collect()
         };
         for (_, control) in &controls {
-            control
-                .stop
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+            control.stop.store(true, Ordering::Relaxed);
         }
         for ((topic, partition), control) in controls {
             if control.stop_and_wait(self.revoke_wait) {
@@ -98,6 +100,7 @@ impl ConsumerContext for MemberContext {
                 assigned.insert((e.topic().to_string(), e.partition()));
             }
             tracing::info!(partitions = ?*assigned, "group assigned partitions");
+            self.shared.rebalances.fetch_add(1, Ordering::Release);
         }
     }
 }
@@ -206,6 +209,16 @@ impl KafkaFleet {
             .ok_or_else(|| FleetError::Fatal(format!("unknown task `{task}`")))
     }
 
+    /// Serves one event of the group member (a rebalance runs its callbacks here), waiting
+    /// at most `wait` for it. A record fetched before its partition was paused is dropped:
+    /// task readers read it.
+    fn poll_member(&self, wait: Duration) {
+        match self.member.poll(wait) {
+            Some(Ok(_)) | None => {}
+            Some(Err(e)) => tracing::debug!(error = %e, "group member event"),
+        }
+    }
+
     /// Commits the reported offsets (asynchronously) if [`OFFSET_COMMIT_INTERVAL`] passed
     /// since the last commit. A commit that reaches the broker during a rebalance is refused
     /// with an invalid generation, and librdkafka may then treat the member's whole assignment
@@ -282,22 +295,22 @@ const OFFSET_COMMIT_INTERVAL: Duration = Duration::from_secs(5);
 /// commit result, a rebalance, errors), and each poll of an empty queue returns at once.
 const MEMBER_POLLS_PER_HEARTBEAT: usize = 64;
 
+/// The longest single member poll of [`KafkaFleet::wait`], which looks at its stop flag
+/// between polls.
+const MEMBER_WAIT_SLICE: Duration = Duration::from_millis(20);
+
 /// How often [`KafkaFleet::check_assignment`] compares.
 const ASSIGNMENT_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 impl FleetBackend for KafkaFleet {
     fn heartbeat(&self, _worker: &str, _ttl: Duration) -> Result<u32, FleetError> {
-        // Polling serves the group protocol's callbacks; the member fetches nothing, but a
-        // record fetched before its partition was paused is dropped here (task readers read it).
-        // `poll` also answers `None` after serving a rebalance or an offset-commit event, so
-        // the loop does not stop at the first `None`: it did once, serving one such event per
-        // heartbeat while each heartbeat's commit queued another, and a revoke waited behind
-        // that backlog for 20 s, holding up the whole group's rebalance.
+        // Polling serves the group protocol's callbacks. `poll` also answers `None` after
+        // serving a rebalance or an offset-commit event, so the loop does not stop at the first
+        // `None`: it did once, serving one such event per heartbeat while each heartbeat's
+        // commit queued another, and a revoke waited behind that backlog for 20 s, holding up
+        // the whole group's rebalance.
         for _ in 0..MEMBER_POLLS_PER_HEARTBEAT {
-            match self.member.poll(Duration::ZERO) {
-                Some(Ok(_)) | None => {}
-                Some(Err(e)) => tracing::debug!(error = %e, "group member event"),
-            }
+            self.poll_member(Duration::ZERO);
         }
         self.commit_reported_offsets_when_due();
         self.check_assignment();
@@ -364,5 +377,23 @@ impl FleetBackend for KafkaFleet {
     fn poll_interval(&self, _lease_ttl: Duration) -> Duration {
         // Rebalances wait for every member to poll; keep that short.
         Duration::from_millis(200)
+    }
+
+    fn wait(&self, timeout: Duration, stop: &AtomicBool) {
+        // The member's rebalance callbacks run inside its `poll`: polling here, rather than
+        // sleeping, serves an assignment the moment the group completes it (the first join
+        // of a group ends between two rounds of the loop).
+        let until = Instant::now() + timeout;
+        let seen = self.shared.rebalances.load(Ordering::Acquire);
+        loop {
+            let now = Instant::now();
+            if now >= until
+                || stop.load(Ordering::Relaxed)
+                || self.shared.rebalances.load(Ordering::Acquire) != seen
+            {
+                return;
+            }
+            self.poll_member((until - now).min(MEMBER_WAIT_SLICE));
+        }
     }
 }

@@ -16,7 +16,8 @@ const TAG_FLOAT: u8 = 4;
 const TAG_STR: u8 = 5;
 
 impl Key {
-    /// Encodes key values. A single string field is stored as its bare bytes after one tag.
+    /// Encodes key values in order: each is a one-byte tag, then 8 big-endian bytes for a
+    /// number, or a 4-byte big-endian length and the bytes for a string.
     pub fn from_values<'a>(values: impl IntoIterator<Item = &'a Value>) -> Key {
         let mut buf = SmallVec::new();
         for v in values {

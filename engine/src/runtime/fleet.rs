@@ -98,6 +98,14 @@ pub trait FleetBackend: Send + Sync {
     fn poll_interval(&self, lease_ttl: Duration) -> Duration {
         lease_ttl / 3
     }
+
+    /// Waits between two rounds of the worker's loop: at most `timeout`, less once `stop` is
+    /// set, and less when the backend learns of a change in what this worker should run (a
+    /// group's assignment), so the loop acts on it at once rather than a tick later.
+    /// Default: sleeps, looking at `stop` every 20 ms.
+    fn wait(&self, timeout: Duration, stop: &AtomicBool) {
+        sleep_unless_stopped(timeout, stop);
+    }
 }
 
 /// A handle on a running task for its fleet backend.
@@ -390,7 +398,7 @@ pub fn run_worker(
             // Renew often enough while the last checkpoints run, without waiting for a stop.
             std::thread::sleep(tick.min(Duration::from_millis(100)));
         } else {
-            sleep_unless_stopped(tick, &options.stop);
+            backend.wait(tick, &options.stop);
         }
     };
 
@@ -407,6 +415,7 @@ fn task_shards(configured: Option<u32>, topology: &Topology, partitions: u32) ->
         .max(1)
 }
 
+/// Sleeps for `d`, or less once `stop` is set (looked at every 20 ms).
 fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) {
     let until = Instant::now() + d;
     while Instant::now() < until && !stop.load(Ordering::Relaxed) {
