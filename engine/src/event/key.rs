@@ -19,29 +19,26 @@ impl Key {
     /// Encodes key values in order: each is a one-byte tag, then 8 big-endian bytes for a
     /// number, or a 4-byte big-endian length and the bytes for a string.
     pub fn from_values<'a>(values: impl IntoIterator<Item = &'a Value>) -> Key {
-        let mut buf = SmallVec::new();
-        for v in values {
-            match v {
-                Value::Null => buf.push(TAG_NULL),
-                Value::Bool(false) => buf.push(TAG_FALSE),
-                Value::Bool(true) => buf.push(TAG_TRUE),
-                Value::Int(i) => {
-                    buf.push(TAG_INT);
-                    buf.extend_from_slice(&i.to_be_bytes());
-                }
-                Value::Float(f) => {
-                    buf.push(TAG_FLOAT);
-                    buf.extend_from_slice(&f.to_bits().to_be_bytes());
-                }
-                Value::Str(s) => {
-                    buf.push(TAG_STR);
-                    let len = u32::try_from(s.len()).unwrap_or(u32::MAX);
-                    buf.extend_from_slice(&len.to_be_bytes());
-                    buf.extend_from_slice(&s.as_bytes()[..len as usize]);
-                }
-            }
-        }
-        Key(buf)
+        let mut key = Key::default();
+        key.set_values(values);
+        key
+    }
+
+    /// Makes this key the encoding of `values` (as [`Key::from_values`]), reusing its room.
+    /// Writing a key where it will stay spares a copy that would read its bytes back at once,
+    /// before the CPU has finished storing them.
+    #[inline]
+    pub fn set_values<'a>(&mut self, values: impl IntoIterator<Item = &'a Value>) {
+        self.0.clear();
+        encode(values, |bytes| self.0.extend_from_slice(bytes));
+    }
+
+    /// [`Key::stable_hash`] of the key [`Key::from_values`] would build, without building it.
+    #[inline]
+    pub fn stable_hash_of<'a>(values: impl IntoIterator<Item = &'a Value>) -> u64 {
+        let mut h = FNV_OFFSET;
+        encode(values, |bytes| h = fnv(h, bytes));
+        h
     }
 
     /// Rebuilds a key from bytes produced by [`Key::as_bytes`] (e.g. read back from state).
@@ -90,12 +87,46 @@ impl Key {
     /// A hash of the key that is the same on every machine and run (FNV-1a, 64 bit); decides
     /// which shard owns the key.
     pub fn stable_hash(&self) -> u64 {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in self.0.iter() {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
+        fnv(FNV_OFFSET, &self.0)
+    }
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// Folds `bytes` into the FNV-1a hash `h`.
+#[inline]
+fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Passes the encoding of `values` to `out`, piece by piece, in order: the one place that
+/// decides the bytes of a key, for building it and for hashing it.
+#[inline]
+fn encode<'a>(values: impl IntoIterator<Item = &'a Value>, mut out: impl FnMut(&[u8])) {
+    for v in values {
+        match v {
+            Value::Null => out(&[TAG_NULL]),
+            Value::Bool(false) => out(&[TAG_FALSE]),
+            Value::Bool(true) => out(&[TAG_TRUE]),
+            Value::Int(i) => {
+                out(&[TAG_INT]);
+                out(&i.to_be_bytes());
+            }
+            Value::Float(f) => {
+                out(&[TAG_FLOAT]);
+                out(&f.to_bits().to_be_bytes());
+            }
+            Value::Str(s) => {
+                let len = u32::try_from(s.len()).unwrap_or(u32::MAX);
+                let [a, b, c, d] = len.to_be_bytes();
+                out(&[TAG_STR, a, b, c, d]);
+                out(&s.as_bytes()[..len as usize]);
+            }
         }
-        h
     }
 }
 
@@ -123,5 +154,34 @@ mod tests {
         let b = Key::from_values(&[Value::Str("a".into()), Value::Str("bc".into())]);
         assert_ne!(a, b);
         assert_ne!(a.stable_hash(), b.stable_hash());
+    }
+
+    #[test]
+    fn a_reused_key_and_a_hash_without_a_key_match_a_built_key() {
+        let value_sets: Vec<Vec<Value>> = vec![
+            vec![
+                Value::Str("a fairly long user name that spills".into()),
+                Value::Int(7),
+            ],
+            vec![Value::Str("u1".into())],
+            vec![],
+            vec![Value::Float(-0.5), Value::Null, Value::Bool(false)],
+        ];
+        // One key reused from long to short, as a source's batch slot is.
+        let mut reused = Key::from_values(&value_sets[0]);
+        for values in &value_sets {
+            let built = Key::from_values(values);
+            reused.set_values(values);
+            assert_eq!(reused, built, "{values:?}");
+            assert_eq!(
+                Key::stable_hash_of(values),
+                built.stable_hash(),
+                "{values:?}"
+            );
+        }
+        assert_ne!(
+            Key::stable_hash_of(&value_sets[1]),
+            Key::stable_hash_of(&value_sets[2])
+        );
     }
 }

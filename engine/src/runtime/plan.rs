@@ -177,7 +177,7 @@ impl PipelinePlan {
         self.slots = slots;
     }
 
-    /// A windowless pipeline's output for `record` (after [`PipelinePlan::prepare`]).
+    /// A windowless pipeline's output for `record` (after [`PipelinePlan::check`]).
     pub fn event(&self, record: &Record) -> EventRecord {
         EventRecord {
             pipeline: self.name.as_str().into(),
@@ -193,8 +193,26 @@ impl PipelinePlan {
         }
     }
 
-    /// Runs the steps and checks on `record`; on success returns its key.
-    pub fn prepare(&self, record: &mut Record) -> Result<Key, Rejection> {
+    /// The hash of `record`'s key (after [`PipelinePlan::check`]): [`Key::stable_hash`] of
+    /// the key [`PipelinePlan::set_key`] writes.
+    pub fn key_hash(&self, record: &Record) -> u64 {
+        Key::stable_hash_of(self.key_values(record))
+    }
+
+    /// Makes `key` `record`'s key (after [`PipelinePlan::check`]), reusing its room.
+    pub fn set_key(&self, record: &Record, key: &mut Key) {
+        key.set_values(self.key_values(record));
+    }
+
+    /// The `key_by` values of `record`, in order.
+    fn key_values<'r>(&'r self, record: &'r Record) -> impl Iterator<Item = &'r Value> + 'r {
+        self.key_slots
+            .iter()
+            .map(|&s| record.fields.get(s).unwrap_or(&Value::Null))
+    }
+
+    /// Runs the steps (filters, computed fields) and the required-field checks on `record`.
+    pub fn check(&self, record: &mut Record) -> Result<(), Rejection> {
         // Decoders size `fields` to the slots they know; computed slots may be beyond that.
         if record.fields.len() < self.slots.len() {
             record.fields.resize(self.slots.len(), Value::Null);
@@ -245,10 +263,6 @@ impl PipelinePlan {
                 }));
             }
         }
-        Ok(Key::from_values(
-            self.key_slots
-                .iter()
-                .map(|&s| record.fields.get(s).unwrap_or(&Value::Null)),
-        ))
+        Ok(())
     }
 }

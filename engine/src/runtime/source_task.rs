@@ -106,10 +106,21 @@ impl Route {
         Ok(())
     }
 
-    fn push(&mut self, record: KeyedRecord) -> Result<(), SourceError> {
-        let shard = (record.key_hash % self.shards.len().max(1) as u64) as usize;
+    /// Queues `record` (checked by the plan) for its key's shard.
+    fn push(&mut self, record: Record, partition_watermark: Timestamp) -> Result<(), SourceError> {
+        let key_hash = self.plan.key_hash(&record);
+        let shard = (key_hash % self.shards.len().max(1) as u64) as usize;
         if let Some(buf) = self.pending.get_mut(shard) {
-            buf.push(record);
+            buf.push(KeyedRecord {
+                key: Key::default(),
+                key_hash,
+                record,
+                partition_watermark,
+            });
+            // The key is written where it stays (see `Key::set_values`).
+            if let Some(queued) = buf.last_mut() {
+                self.plan.set_key(&queued.record, &mut queued.key);
+            }
             if buf.len() >= BATCH {
                 let full = std::mem::replace(buf, Vec::with_capacity(BATCH));
                 self.send(shard, ShardMessage::Records(full))?;
@@ -282,8 +293,8 @@ impl SourceTask {
                             None => break,
                         }
                     };
-                    match self.routes[r].plan.prepare(&mut rec) {
-                        Ok(_) if self.routes[r].plan.operator.is_none() => {
+                    match self.routes[r].plan.check(&mut rec) {
+                        Ok(()) if self.routes[r].plan.operator.is_none() => {
                             let out = Output::Event(self.routes[r].plan.event(&rec));
                             JobMetrics::add(&self.metrics.results_out, 1);
                             for i in 0..self.routes[r].event_sinks.len() {
@@ -291,18 +302,12 @@ impl SourceTask {
                                 self.staging.stage(sink, &out);
                             }
                         }
-                        Ok(key) if self.routes[r].exchange.is_some() => {
+                        Ok(()) if self.routes[r].exchange.is_some() => {
+                            let mut key = Key::default();
+                            self.routes[r].plan.set_key(&rec, &mut key);
                             self.stage_exchange(r, &key, &rec, partition_watermark);
                         }
-                        Ok(key) => {
-                            let key_hash = key.stable_hash();
-                            self.routes[r].push(KeyedRecord {
-                                key,
-                                key_hash,
-                                record: rec,
-                                partition_watermark,
-                            })?;
-                        }
+                        Ok(()) => self.routes[r].push(rec, partition_watermark)?,
                         Err(Rejection::Filtered) => {
                             JobMetrics::add(&self.metrics.events_filtered, 1)
                         }
