@@ -82,7 +82,7 @@ impl PartitionWatermark {
     /// A tracker with no event seen, created at wall-clock `now_ms`: without events it becomes
     /// idle `idle_timeout` after `now_ms`.
     pub fn new_at(config: &WatermarkConfig, now_ms: i64) -> Self {
-        let w = Self::new(config);
+        let mut w = Self::new(config);
         w.touch(now_ms);
         w
     }
@@ -100,17 +100,17 @@ impl PartitionWatermark {
             }
         }
         self.max_seen = Some(self.max_seen.map_or(time, |m| m.max(time)));
-        // Exclusive access: a plain store, not the atomic read-modify-write of `touch`, which
-        // costs a locked instruction per event.
-        let last = self.last_activity_ms.get_mut();
-        *last = (*last).max(now_ms);
+        self.touch(now_ms);
         Admission::Accepted
     }
 
     /// Records wall-clock activity at `now_ms` without an event time (e.g. after a restore, or
     /// when a partition is (re)assigned), restarting the idle clock.
-    pub fn touch(&self, now_ms: i64) {
-        self.last_activity_ms.fetch_max(now_ms, Ordering::Relaxed);
+    pub fn touch(&mut self, now_ms: i64) {
+        // Exclusive access: a plain store, not an atomic read-modify-write (a locked
+        // instruction per event, as `observe` calls this for each one).
+        let last = self.last_activity_ms.get_mut();
+        *last = (*last).max(now_ms);
     }
 
     /// The current watermark (max event time seen − max_out_of_orderness); monotone.
