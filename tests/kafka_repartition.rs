@@ -144,12 +144,12 @@ fn run_once(events: u64, attempt: u32) -> Result<(), String> {
     // The kill waits for a settled group and the replacement for the killed worker's session
     // to run out (see `kill_9_and_expire`).
     std::thread::sleep(Duration::from_millis(3_000));
-    await_stable_group(&prefix, 3);
+    await_stable_group(&prefix, 3, &worker_logs(&running, &workers));
     let victim = running.remove(&1).unwrap();
     // Longer than `session_timeout_ms`.
     kill_9_and_expire(victim, &prefix, Duration::from_millis(7_000));
     running.insert(3, spawn_run(&workers[3].0, &[]));
-    await_stable_group(&prefix, 3);
+    await_stable_group(&prefix, 3, &worker_logs(&running, &workers));
 
     let exchange = format!("{prefix}-per_product-repartition");
     await_final_results(&results_topic, &want, &mut running, &workers, &[exchange])

@@ -163,10 +163,18 @@ impl Drop for Workers {
     }
 }
 
+/// The topology files (whose run logs [`run_log_tail`] reads) of the `running` workers, each
+/// keyed by its index in `workers`.
+pub fn worker_logs<'a>(running: &Workers, workers: &'a [(PathBuf, String)]) -> Vec<&'a Path> {
+    running.keys().map(|w| workers[*w].0.as_path()).collect()
+}
+
 /// Waits (at most 60 s) until consumer group `group` is `Stable` with exactly `members`
 /// members. The crash tests call it before each `kill -9` and after starting workers, so that
-/// a kill never falls into a rebalance and no killed worker is still listed.
-pub fn await_stable_group(group: &str, members: usize) {
+/// a kill never falls into a rebalance and no killed worker is still listed. On a timeout it
+/// panics with the end of each log in `worker_logs` (topology files, see [`run_log_tail`]):
+/// the members' own account of the rebalance that did not end.
+pub fn await_stable_group(group: &str, members: usize, worker_logs: &[&Path]) {
     let consumer: BaseConsumer = client().create().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = String::new();
@@ -182,7 +190,20 @@ pub fn await_stable_group(group: &str, members: usize) {
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-    panic!("group `{group}` did not become stable with {members} members in 60 s (last: {last})");
+    let logs: Vec<String> = worker_logs
+        .iter()
+        .map(|file| {
+            format!(
+                "{}, end of its log:\n{}",
+                file.display(),
+                run_log_tail(file, 8000)
+            )
+        })
+        .collect();
+    panic!(
+        "group `{group}` did not become stable with {members} members in 60 s (last: {last})\n{}",
+        logs.join("\n")
+    );
 }
 
 /// Kills the worker `child` with SIGKILL, waits `session` (longer than the topology's

@@ -100,13 +100,22 @@ pub fn run_log(topology_file: &Path) -> PathBuf {
 
 /// Starts `weir run FILE` in the background; its standard error goes to [`run_log`].
 pub fn spawn_run(topology_file: &Path, extra: &[&str]) -> Child {
+    spawn_run_logging(topology_file, extra, None)
+}
+
+/// [`spawn_run`] with the `WEIR_LOG` filter `log_filter` instead of the tests' default, so a
+/// test can keep the account it prints when it fails (a group's protocol trace, say).
+pub fn spawn_run_logging(topology_file: &Path, extra: &[&str], log_filter: Option<&str>) -> Child {
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(run_log(topology_file))
         .unwrap();
-    weir()
-        .arg("run")
+    let mut cmd = weir();
+    if let Some(filter) = log_filter {
+        cmd.env("WEIR_LOG", filter);
+    }
+    cmd.arg("run")
         .arg("--no-status")
         .args(extra)
         .arg(topology_file)
