@@ -1,9 +1,9 @@
 //! Shared Kafka plumbing: client settings, error classification, topic metadata and the
 //! creation and checking of internal topics.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
@@ -68,8 +68,20 @@ pub(crate) fn init_transactions(
     topic: &str,
     timeout: Duration,
 ) -> Result<(), KafkaError> {
+    let started = Instant::now();
     connect_to_leader(producer, topic, REQUEST_TIMEOUT.min(timeout));
-    producer.init_transactions(timeout)
+    let connected = started.elapsed();
+    let result = producer.init_transactions(timeout);
+    // Both steps wait on the broker and on librdkafka's retry timers; a slow task start is
+    // told apart by these two figures.
+    tracing::debug!(
+        topic,
+        connect_ms = connected.as_millis() as u64,
+        init_ms = (started.elapsed() - connected).as_millis() as u64,
+        ok = result.is_ok(),
+        "transactional producer initialised"
+    );
+    result
 }
 
 /// A producer connecting to the broker that leads partition 0 of an existing `topic`, on a
@@ -300,7 +312,7 @@ pub(crate) fn partition_counts(
 }
 
 /// What an internal topic must look like.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct TopicSpec {
     /// The topic name.
     pub name: String,
@@ -314,7 +326,33 @@ pub(crate) struct TopicSpec {
 
 /// Creates `spec`'s topic when it does not exist and checks an existing one: a different
 /// partition count or cleanup policy is an error that names the topic and how to fix it.
+///
+/// A topic is checked once per process and cluster: a fleet worker's tasks all open the same
+/// sinks, and the first task's check (or creation) holds the others back until it is done.
 pub(crate) fn ensure_topic(config: &ClientConfig, spec: &TopicSpec) -> Result<(), TopicError> {
+    type Ensured = Mutex<HashMap<(String, TopicSpec), Arc<Mutex<bool>>>>;
+    static ENSURED: OnceLock<Ensured> = OnceLock::new();
+    let cluster = config
+        .get("bootstrap.servers")
+        .unwrap_or_default()
+        .to_string();
+    let entry = ENSURED
+        .get_or_init(Ensured::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry((cluster, spec.clone()))
+        .or_default()
+        .clone();
+    let mut done = entry.lock().unwrap_or_else(|e| e.into_inner());
+    if !*done {
+        check_or_create_topic(config, spec)?;
+        *done = true;
+    }
+    Ok(())
+}
+
+/// [`ensure_topic`]'s work, every time it is called.
+fn check_or_create_topic(config: &ClientConfig, spec: &TopicSpec) -> Result<(), TopicError> {
     let policy = if spec.compacted { "compact" } else { "delete" };
     match partition_counts(config, std::slice::from_ref(&spec.name)) {
         Err(e @ TopicError::Unavailable(_)) => Err(e),
@@ -345,13 +383,16 @@ pub(crate) fn ensure_topic(config: &ClientConfig, spec: &TopicSpec) -> Result<()
                 .map_err(|e| unavailable(format!("cannot create topic `{}`: {e}", spec.name)))?;
             for result in results {
                 match result {
-                    Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    Ok(_) => {
+                        tracing::info!(topic = %spec.name, partitions = spec.partitions, policy, "created internal topic")
+                    }
+                    // Another process made it meanwhile.
+                    Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                     Err((name, code)) => {
                         return Err(unavailable(format!("cannot create topic `{name}`: {code}")))
                     }
                 }
             }
-            tracing::info!(topic = %spec.name, partitions = spec.partitions, policy, "created internal topic");
             // Metadata propagates asynchronously; wait until the topic is visible.
             for _ in 0..50 {
                 if partition_counts(config, std::slice::from_ref(&spec.name))
