@@ -26,7 +26,7 @@ pub(crate) fn client_config(brokers: &str, settings: &BTreeMap<String, String>) 
     // librdkafka's logical coordinator connection (a transactional producer's, a group
     // member's) tries to connect before the coordinator is known, and that postponed try
     // counts: its real first connect then waits out this backoff. At the default 100 ms,
-    // `init_transactions` took 110–114 ms on a warm connection; at 10 ms, 2–7 ms. A broker
+    // `init_transactions` took 110–114 ms on a warm connection; at 10 ms, 2–11 ms. A broker
     // that stays down is still retried less and less often, up to `reconnect.backoff.max.ms`.
     config.set("reconnect.backoff.ms", "10");
     for (key, value) in settings {
