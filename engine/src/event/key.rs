@@ -167,7 +167,7 @@ mod tests {
             vec![],
             vec![Value::Float(-0.5), Value::Null, Value::Bool(false)],
         ];
-        // One key reused from long to short, as a source's batch slot is.
+        // One key reused from long to short: nothing of an earlier value may remain.
         let mut reused = Key::from_values(&value_sets[0]);
         for values in &value_sets {
             let built = Key::from_values(values);
