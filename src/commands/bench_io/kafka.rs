@@ -258,6 +258,28 @@ fn now_us() -> i64 {
         .map_or(0, |d| d.as_micros() as i64)
 }
 
+/// CPU time (user and system) this process has used so far, over all its threads: the plain
+/// consumers' or Weir's own work in a phase, whatever the broker on the same cores takes.
+fn process_cpu() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: `getrusage` fills the whole struct it is given; zeroed is a valid `rusage` too.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let time = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
+    };
+    time(usage.ru_utime) + time(usage.ru_stime)
+}
+
+/// Wall and process CPU time of `read`, with what it returned.
+fn timed<T>(read: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(T, Duration)> {
+    let cpu = process_cpu();
+    let value = read()?;
+    Ok((value, process_cpu().saturating_sub(cpu)))
+}
+
 /// Reads partitions `0..partitions` of `topic` with one consumer from the beginning to the
 /// end they have now, counting messages; returns the count and the wall time (consumer
 /// creation included).
@@ -441,14 +463,16 @@ fn source_section(
     // Both layouts, before and after Weir: the faster layout (mean of its two reads) is the
     // baseline, so neither a slow layout nor the broker still busy with the input (or with
     // Weir's results) tilts the ratio.
-    let read_plain = |when: &str| -> anyhow::Result<[Duration; 2]> {
+    // Each read's wall time and this process's CPU time during it.
+    let read_plain = |when: &str| -> anyhow::Result<[(Duration, Duration); 2]> {
         eprintln!("  kafka-source: plain consumer, {when} ...");
-        let (read, one) = read_to_end(&plain, &input, partitions)?;
+        let ((read, one), one_cpu) = timed(|| read_to_end(&plain, &input, partitions))?;
         check_count("the plain consumer", read, args.events)?;
         eprintln!("  kafka-source: plain consumers, one per partition, {when} ...");
-        let (read, each) = read_to_end_in_parallel(&plain, &input, partitions)?;
+        let ((read, each), each_cpu) =
+            timed(|| read_to_end_in_parallel(&plain, &input, partitions))?;
         check_count("the plain consumers", read, args.events)?;
-        Ok([one, each])
+        Ok([(one, one_cpu), (each, each_cpu)])
     };
     let before = read_plain("before Weir")?;
 
@@ -462,14 +486,16 @@ fn source_section(
         .replace("@RESULTS@", &results)
         .replace("@STATE@", &state.display().to_string());
     topics.adopt(&results);
-    let run = if fleet {
-        topics.adopt(&format!("{job}-changelog"));
-        run_fleet_to_end(&yaml, partitions)
-    } else {
-        run_in_phases(&yaml)
-    };
+    let run = timed(|| {
+        if fleet {
+            topics.adopt(&format!("{job}-changelog"));
+            run_fleet_to_end(&yaml, partitions)
+        } else {
+            run_in_phases(&yaml)
+        }
+    });
     let _ = std::fs::remove_dir_all(&state);
-    let (run, build_time, weir_time) = run?;
+    let ((run, build_time, weir_time), weir_cpu) = run?;
     check_count("Weir's source", run.events_in, args.events)?;
     let (landed, _) = read_to_end(
         &reader(brokers, &format!("{job}-check")),
@@ -482,19 +508,25 @@ fn source_section(
         run.results_out,
     )?;
     let after = read_plain("after Weir")?;
-    let one_time = (before[0] + after[0]) / 2;
-    let each_time = (before[1] + after[1]) / 2;
-    let (baseline, plain_time) = if one_time <= each_time {
+    let mean = |layout: usize| {
+        let (b, a) = (before[layout], after[layout]);
+        ((b.0 + a.0) / 2, (b.1 + a.1) / 2)
+    };
+    let (one, each) = (mean(0), mean(1));
+    let (baseline, (plain_time, plain_cpu)) = if one.0 <= each.0 {
         (
             format!("plain consumer, {partitions} partitions, count only"),
-            one_time,
+            one,
         )
     } else {
         (
             format!("{partitions} plain consumers (1 per partition), count only"),
-            each_time,
+            each,
         )
     };
+    // CPU per event of this process alone: the broker's share of the same cores, which
+    // varies from phase to phase, is not in it.
+    let cpu_per_event_us = |cpu: Duration| cpu.as_secs_f64() * 1e6 / args.events.max(1) as f64;
     let mut checkpoints_ms: Vec<String> = run
         .checkpoint_durations_us
         .iter()
@@ -523,18 +555,22 @@ fn source_section(
         floor: Some(SOURCE_FLOOR),
         detail: format!(
             "{} events (compression {}); plain before/after Weir: 1 consumer {:.2}/{:.2} s, 1 per \
-             partition {:.2}/{:.2} s; Weir {:.2} s = start {:.2} s + run {:.2} s (checkpoints {} ms); {} \
-             window results (all read back committed), {} epochs",
+             partition {:.2}/{:.2} s; Weir {:.2} s = start {:.2} s + run {:.2} s (checkpoints {} ms); \
+             process CPU per event: baseline {:.2} us, Weir {:.2} us ({:.2}x); {} window results \
+             (all read back committed), {} epochs",
             run.events_in,
             args.kafka_compression,
-            before[0].as_secs_f64(),
-            after[0].as_secs_f64(),
-            before[1].as_secs_f64(),
-            after[1].as_secs_f64(),
+            before[0].0.as_secs_f64(),
+            after[0].0.as_secs_f64(),
+            before[1].0.as_secs_f64(),
+            after[1].0.as_secs_f64(),
             weir_time.as_secs_f64(),
             build_time.as_secs_f64(),
             (weir_time - build_time).as_secs_f64(),
             checkpoints_ms.join("+"),
+            cpu_per_event_us(plain_cpu),
+            cpu_per_event_us(weir_cpu),
+            weir_cpu.as_secs_f64() / plain_cpu.as_secs_f64().max(1e-9),
             run.results_out,
             run.epochs
         ),
