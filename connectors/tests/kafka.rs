@@ -17,8 +17,8 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use weir_connectors::kafka::source::open_kafka_source;
 use weir_connectors::kafka::{
-    block_on, ChangelogReplica, KafkaFleet, KafkaFleetConfig, KafkaSink, KafkaSinkConfig,
-    KafkaSourceConfig,
+    block_on, waiting_read_ahead, ChangelogReplica, KafkaFleet, KafkaFleetConfig, KafkaSink,
+    KafkaSinkConfig, KafkaSourceConfig,
 };
 use weir_engine::checkpoint::{read_progress, write_committed, write_prepared, Progress};
 use weir_engine::event::{EventRecord, FieldSlots, Output, Value};
@@ -796,5 +796,81 @@ fn a_fleet_members_wait_ends_when_the_group_assigns_its_partitions() {
     let started = Instant::now();
     fleet.wait(timeout, &stop);
     assert!(started.elapsed() < timeout, "wait ignored its stop flag");
+    fleet.leave("w1").unwrap();
+}
+
+#[test]
+fn a_worker_alone_in_its_group_reads_ahead_while_joining_and_its_tasks_continue_there() {
+    let topic = unique("read-ahead");
+    create_topic(&topic, 2);
+    produce(
+        &topic,
+        &[
+            (0, None, r#"{"ts":1}"#),
+            (1, None, r#"{"ts":2}"#),
+            (0, None, r#"{"ts":3}"#),
+        ],
+    );
+    let source = source_config(&topic, serde_json::json!({}));
+    let fleet = KafkaFleet::join(
+        &unique("job"),
+        &source,
+        &KafkaFleetConfig::default(),
+        Some("w1"),
+    )
+    .unwrap();
+    // The member has not been polled: no assignment yet, but both readers open meanwhile.
+    let both = vec![(topic.clone(), 0), (topic.clone(), 1)];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while waiting_read_ahead(&source.brokers, &source.group) != both && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(waiting_read_ahead(&source.brokers, &source.group), both);
+
+    let (timeout, stop) = (Duration::from_secs(60), AtomicBool::new(false));
+    fleet.wait(timeout, &stop);
+    let ttl = Duration::from_secs(10);
+    for task in ["p0", "p1"] {
+        assert!(fleet.acquire(task, "w1", ttl).unwrap().is_some());
+    }
+    assert_eq!(
+        waiting_read_ahead(&source.brokers, &source.group),
+        both,
+        "partitions assigned here keep their readers"
+    );
+
+    // The tasks' readers are the ones read ahead, and each reads its partition once, in order.
+    let ctx = decode_ctx(&[]);
+    let mut parts = open_kafka_source("in", &source, &ctx, &PartitionSelection::All).unwrap();
+    assert!(waiting_read_ahead(&source.brokers, &source.group).is_empty());
+    let mut times = Vec::new();
+    for part in &mut parts {
+        let mut batch = SourceBatch::default();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while part.poll(&mut batch, 10).unwrap() != PollStatus::End && Instant::now() < deadline {}
+        times.push(batch.records.iter().map(|r| r.time).collect::<Vec<_>>());
+    }
+    assert_eq!(times, vec![vec![1, 3], vec![2]]);
+    assert_eq!(parts[0].position(), 2i64.to_be_bytes().to_vec());
+    fleet.leave("w1").unwrap();
+}
+
+#[test]
+fn a_worker_reads_nothing_ahead_when_read_ahead_is_off() {
+    let topic = topic_with_two_records("no-read-ahead");
+    let source = source_config(&topic, serde_json::json!({}));
+    let config = KafkaFleetConfig {
+        read_ahead: false,
+        ..KafkaFleetConfig::default()
+    };
+    let fleet = KafkaFleet::join(&unique("job"), &source, &config, Some("w1")).unwrap();
+    // The first join takes the broker's whole hold: a read-ahead would have opened by then.
+    let (timeout, stop) = (Duration::from_secs(60), AtomicBool::new(false));
+    fleet.wait(timeout, &stop);
+    assert!(fleet
+        .acquire("p0", "w1", Duration::from_secs(10))
+        .unwrap()
+        .is_some());
+    assert!(waiting_read_ahead(&source.brokers, &source.group).is_empty());
     fleet.leave("w1").unwrap();
 }

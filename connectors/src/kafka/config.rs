@@ -221,6 +221,15 @@ pub struct KafkaFleetConfig {
     /// during a rebalance, so it is kept well below librdkafka's 5-minute default.
     #[serde(default = "default_rebalance_timeout_ms")]
     pub rebalance_timeout_ms: u64,
+    /// Whether a worker that finds its group empty reads every partition ahead while the
+    /// broker holds its first join (each reader fetches at most `queued.max.messages.kbytes`
+    /// ahead); readers of partitions the group assigns elsewhere are then closed.
+    #[serde(default = "default_read_ahead")]
+    pub read_ahead: bool,
+}
+
+fn default_read_ahead() -> bool {
+    true
 }
 
 fn default_rebalance_timeout_ms() -> u64 {
@@ -236,6 +245,7 @@ impl Default for KafkaFleetConfig {
         KafkaFleetConfig {
             session_timeout_ms: default_session_timeout_ms(),
             rebalance_timeout_ms: default_rebalance_timeout_ms(),
+            read_ahead: default_read_ahead(),
         }
     }
 }

@@ -24,6 +24,7 @@ use super::client::SetDefault;
 use super::client::{client_config, ensure_topic, TopicError, TopicSpec};
 use super::config::{KafkaFleetConfig, KafkaSourceConfig};
 use super::offsets::{self, PendingOffsets};
+use super::read_ahead;
 use super::source::task_partitions;
 
 /// What the group member's callbacks share with the backend.
@@ -44,6 +45,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The member's rebalance callbacks.
 struct MemberContext {
     shared: Arc<Shared>,
+    /// The source, whose partitions may have been read ahead (`read_ahead`).
+    source: KafkaSourceConfig,
     /// How long a revoke waits for a task's last checkpoint before giving the partition up.
     revoke_wait: Duration,
 }
@@ -100,13 +103,30 @@ impl ConsumerContext for MemberContext {
                 assigned.insert((e.topic().to_string(), e.partition()));
             }
             tracing::info!(partitions = ?*assigned, "group assigned partitions");
+            read_ahead::keep_only(&self.source, &assigned);
             self.shared.rebalances.fetch_add(1, Ordering::Release);
+        }
+    }
+}
+
+/// Whether `group` has no members now; `false` when the broker cannot say.
+fn group_is_empty<C: ConsumerContext>(client: &BaseConsumer<C>, group: &str) -> bool {
+    match client.fetch_group_list(Some(group), GROUP_LIST_TIMEOUT) {
+        Ok(list) => list
+            .groups()
+            .iter()
+            .filter(|g| g.name() == group)
+            .all(|g| g.members().is_empty()),
+        Err(e) => {
+            tracing::debug!(%group, error = %e, "cannot describe the group; not reading ahead");
+            false
         }
     }
 }
 
 /// The Kafka fleet backend of one worker.
 pub struct KafkaFleet {
+    source: KafkaSourceConfig,
     job: String,
     group: String,
     client: ClientConfig,
@@ -164,9 +184,14 @@ impl KafkaFleet {
         let member: BaseConsumer<MemberContext> = member_config
             .create_with_context(MemberContext {
                 shared: shared.clone(),
+                source: source.clone(),
                 revoke_wait: Duration::from_millis(config.rebalance_timeout_ms / 2),
             })
             .map_err(|e| FleetError::Fatal(format!("group member: {e}")))?;
+        // Asked before this member joins: an empty group is one this worker may get whole.
+        if config.read_ahead && group_is_empty(&member, &source.group) {
+            read_ahead::start(source, tasks.clone());
+        }
         let topics: Vec<&str> = source.topics.iter().map(String::as_str).collect();
         member
             .subscribe(&topics)
@@ -189,6 +214,7 @@ impl KafkaFleet {
         })?;
         let pending = offsets::register(&source.group);
         Ok(KafkaFleet {
+            source: source.clone(),
             job: job.to_string(),
             group: source.group.clone(),
             client,
@@ -287,6 +313,9 @@ impl KafkaFleet {
     }
 }
 
+/// How long a worker waits for the broker to describe its group before joining.
+const GROUP_LIST_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How often a worker's member commits the offsets its tasks reported (Kafka's own default
 /// auto-commit interval); they are progress reports for lag tools.
 const OFFSET_COMMIT_INTERVAL: Duration = Duration::from_secs(5);
@@ -342,6 +371,7 @@ impl FleetBackend for KafkaFleet {
     }
 
     fn leave(&self, _worker: &str) -> Result<(), FleetError> {
+        read_ahead::close(&self.source);
         offsets::unregister(&self.group);
         self.commit_reported_offsets(CommitMode::Sync);
         self.member.unsubscribe();

@@ -31,6 +31,7 @@ use super::config::{KafkaSourceConfig, StartFrom};
 use super::decode::MessageDecoder;
 use super::offsets;
 use super::partition_queue::{Entry, PartitionQueue};
+use super::read_ahead;
 
 /// How long one `poll` waits for the first message. Short: the source task handles a
 /// checkpoint barrier only between polls, so this wait delays every checkpoint (and with it
@@ -76,7 +77,7 @@ pub fn open_kafka_source(
 }
 
 /// The consumer settings of one partition reader.
-fn consumer_config(config: &KafkaSourceConfig) -> ClientConfig {
+pub(crate) fn consumer_config(config: &KafkaSourceConfig) -> ClientConfig {
     let mut client = client_config(&config.brokers, &config.settings);
     client
         .set("group.id", &config.group)
@@ -112,6 +113,9 @@ pub struct KafkaPartition {
     /// With `end_at_tail`: the high watermark when the partition was first polled.
     end: Option<i64>,
     assigned: bool,
+    /// Where the consumer was assigned before this reader had it, if it was read ahead
+    /// while the fleet's group join was pending (`read_ahead`).
+    read_ahead_at: Option<i64>,
     /// A consumer error seen after some of a batch's messages were taken: returned by the
     /// next `poll`, so those messages reach the pipeline first.
     failure: Option<KafkaError>,
@@ -132,16 +136,24 @@ impl KafkaPartition {
         topic: String,
         partition: i32,
     ) -> Result<Self, SourceError> {
-        let consumer: BaseConsumer<EofAwareContext> = consumer_config(config)
-            .create_with_context(EofAwareContext)
-            .map_err(|e| SourceError::Fatal(format!("cannot create a Kafka consumer: {e}")))?;
-        let consumer = ClosedInBackground::new(consumer);
         let decoder = MessageDecoder::new(config.format, config.avro.as_ref(), ctx)?;
-        let queue = PartitionQueue::split(&consumer, &topic, partition).ok_or_else(|| {
-            SourceError::Fatal(format!(
-                "cannot read Kafka partition {topic}/{partition}: librdkafka refused its queue"
-            ))
-        })?;
+        let (queue, consumer, read_ahead_at) = match read_ahead::take(config, &topic, partition) {
+            Some(ahead) => (ahead.queue, ahead.consumer, Some(ahead.offset)),
+            None => {
+                let consumer: BaseConsumer<EofAwareContext> = consumer_config(config)
+                    .create_with_context(EofAwareContext)
+                    .map_err(|e| {
+                        SourceError::Fatal(format!("cannot create a Kafka consumer: {e}"))
+                    })?;
+                let consumer = ClosedInBackground::new(consumer);
+                let queue = PartitionQueue::split(&consumer, &topic, partition).ok_or_else(|| {
+                    SourceError::Fatal(format!(
+                        "cannot read Kafka partition {topic}/{partition}: librdkafka refused its queue"
+                    ))
+                })?;
+                (queue, consumer, None)
+            }
+        };
         Ok(KafkaPartition {
             id: format!("kafka:{topic}/{partition}"),
             source: name.into(),
@@ -156,6 +168,7 @@ impl KafkaPartition {
             next: None,
             end: None,
             assigned: false,
+            read_ahead_at,
             failure: None,
             out_of_range: None,
             exchange: None,
@@ -203,12 +216,22 @@ impl KafkaPartition {
             }
         };
         let next = self.within_log(next, low, high)?;
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&self.topic, self.partition, Offset::Offset(next))
-            .map_err(|e| SourceError::Fatal(e.to_string()))?;
-        self.consumer
-            .assign(&tpl)
-            .map_err(|e| self.error("assign the partition", e))?;
+        // A reader read ahead from `next` already holds what comes next; any other start
+        // moves it (librdkafka drops what it fetched from the old position).
+        let read_ahead_at = self.read_ahead_at.take();
+        if read_ahead_at == Some(next) {
+            tracing::debug!(partition = %self.id, next, "continuing the read-ahead");
+        } else {
+            if let Some(at) = read_ahead_at {
+                tracing::debug!(partition = %self.id, at, next, "read ahead elsewhere; moving");
+            }
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&self.topic, self.partition, Offset::Offset(next))
+                .map_err(|e| SourceError::Fatal(e.to_string()))?;
+            self.consumer
+                .assign(&tpl)
+                .map_err(|e| self.error("assign the partition", e))?;
+        }
         self.next = Some(next);
         if self.end_at_tail && self.end.is_none() {
             self.end = Some(high);
