@@ -189,9 +189,7 @@ impl KafkaFleet {
             })
             .map_err(|e| FleetError::Fatal(format!("group member: {e}")))?;
         // Asked before this member joins: an empty group is one this worker may get whole.
-        if config.read_ahead && group_is_empty(&member, &source.group) {
-            read_ahead::start(source, tasks.clone());
-        }
+        let alone = config.read_ahead && group_is_empty(&member, &source.group);
         let topics: Vec<&str> = source.topics.iter().map(String::as_str).collect();
         member
             .subscribe(&topics)
@@ -212,6 +210,10 @@ impl KafkaFleet {
             TopicError::Missing(m) => FleetError::Fatal(m),
             TopicError::Unavailable(m) => FleetError::Retryable(m),
         })?;
+        // After the topic is made: the read-ahead's fetches keep the broker busy.
+        if alone {
+            read_ahead::start(source, tasks.clone());
+        }
         let pending = offsets::register(&source.group);
         Ok(KafkaFleet {
             source: source.clone(),

@@ -29,6 +29,8 @@ pub(crate) struct ReadAhead {
     pub consumer: ClosedInBackground<BaseConsumer<EofAwareContext>>,
     /// Where the reader was assigned (the first offset on `queue`).
     pub offset: i64,
+    /// The partition's high watermark when the reader was assigned.
+    pub high: i64,
 }
 
 /// One worker's read-ahead: the readers not yet taken, and what is settled.
@@ -59,6 +61,9 @@ fn pools() -> &'static Pools {
     POOLS.get_or_init(Pools::default)
 }
 
+/// Readers opened in parallel, at most.
+const OPENED_AT_ONCE: usize = 16;
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -73,10 +78,8 @@ fn pool_of(config: &KafkaSourceConfig) -> Option<Arc<Mutex<Pool>>> {
 /// an earlier read-ahead of the same group in this process (its readers are closed).
 pub(crate) fn start(config: &KafkaSourceConfig, partitions: Vec<(String, i32)>) {
     let pool = Arc::new(Mutex::new(Pool::default()));
-    let earlier = lock(pools()).insert(
-        (config.brokers.clone(), config.group.clone()),
-        pool.clone(),
-    );
+    let earlier =
+        lock(pools()).insert((config.brokers.clone(), config.group.clone()), pool.clone());
     if let Some(earlier) = earlier {
         close_pool(&earlier);
     }
@@ -84,33 +87,53 @@ pub(crate) fn start(config: &KafkaSourceConfig, partitions: Vec<(String, i32)>) 
     let spawned = std::thread::Builder::new()
         .name("weir-read-ahead".into())
         .spawn(move || {
-            let mut opened = 0usize;
-            for tp in partitions {
-                if !lock(&pool).wants(&tp) {
-                    continue;
-                }
-                match open(&config, &tp.0, tp.1) {
-                    Ok(reader) => {
-                        let mut pool = lock(&pool);
-                        if pool.wants(&tp) {
-                            pool.readers.insert(tp, reader);
-                            opened += 1;
-                        }
-                    }
-                    // The task opens the partition itself and reports what is wrong.
-                    Err(reason) => {
-                        tracing::debug!(topic = %tp.0, partition = tp.1, %reason, "no read-ahead")
-                    }
-                }
-            }
-            tracing::debug!(
+            // Opening a reader waits for requests: in parallel, the fetches start together.
+            let opened: usize = partitions
+                .chunks(OPENED_AT_ONCE)
+                .map(|chunk| {
+                    std::thread::scope(|scope| {
+                        let openers: Vec<_> = chunk
+                            .iter()
+                            .map(|tp| scope.spawn(|| open_into(&pool, &config, tp)))
+                            .collect();
+                        openers
+                            .into_iter()
+                            .filter_map(|o| o.join().ok())
+                            .filter(|kept| *kept)
+                            .count()
+                    })
+                })
+                .sum();
+            tracing::info!(
                 group = %config.group,
                 partitions = opened,
-                "reading ahead while the group join is pending"
+                "the group is empty: reading its partitions ahead while joining"
             );
         });
     if spawned.is_err() {
         tracing::debug!("no read-ahead: cannot start its thread");
+    }
+}
+
+/// Opens `tp`'s reader into `pool` if the pool still wants it; `true` when it was kept.
+fn open_into(pool: &Mutex<Pool>, config: &KafkaSourceConfig, tp: &(String, i32)) -> bool {
+    if !lock(pool).wants(tp) {
+        return false;
+    }
+    match open(config, &tp.0, tp.1) {
+        Ok(reader) => {
+            let mut pool = lock(pool);
+            let wanted = pool.wants(tp);
+            if wanted {
+                pool.readers.insert(tp.clone(), reader);
+            }
+            wanted
+        }
+        // The task opens the partition itself and reports what is wrong.
+        Err(reason) => {
+            tracing::debug!(topic = %tp.0, partition = tp.1, %reason, "no read-ahead");
+            false
+        }
     }
 }
 
@@ -141,7 +164,9 @@ fn open(config: &KafkaSourceConfig, topic: &str, partition: i32) -> Result<ReadA
         (None, StartFrom::Latest) => high,
     };
     if !(low..=high).contains(&offset) {
-        return Err(format!("offset {offset} is outside the log ({low}..{high})"));
+        return Err(format!(
+            "offset {offset} is outside the log ({low}..{high})"
+        ));
     }
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Offset(offset))
@@ -151,6 +176,7 @@ fn open(config: &KafkaSourceConfig, topic: &str, partition: i32) -> Result<ReadA
         queue,
         consumer,
         offset,
+        high,
     })
 }
 

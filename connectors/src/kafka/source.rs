@@ -113,9 +113,9 @@ pub struct KafkaPartition {
     /// With `end_at_tail`: the high watermark when the partition was first polled.
     end: Option<i64>,
     assigned: bool,
-    /// Where the consumer was assigned before this reader had it, if it was read ahead
-    /// while the fleet's group join was pending (`read_ahead`).
-    read_ahead_at: Option<i64>,
+    /// Where the consumer was assigned, and the partition's end then, if it was read ahead
+    /// while the fleet's group join was pending (`read_ahead`); taken by the first assign.
+    read_ahead: Option<(i64, i64)>,
     /// A consumer error seen after some of a batch's messages were taken: returned by the
     /// next `poll`, so those messages reach the pipeline first.
     failure: Option<KafkaError>,
@@ -137,8 +137,12 @@ impl KafkaPartition {
         partition: i32,
     ) -> Result<Self, SourceError> {
         let decoder = MessageDecoder::new(config.format, config.avro.as_ref(), ctx)?;
-        let (queue, consumer, read_ahead_at) = match read_ahead::take(config, &topic, partition) {
-            Some(ahead) => (ahead.queue, ahead.consumer, Some(ahead.offset)),
+        let (queue, consumer, read_ahead) = match read_ahead::take(config, &topic, partition) {
+            Some(ahead) => (
+                ahead.queue,
+                ahead.consumer,
+                Some((ahead.offset, ahead.high)),
+            ),
             None => {
                 let consumer: BaseConsumer<EofAwareContext> = consumer_config(config)
                     .create_with_context(EofAwareContext)
@@ -168,7 +172,7 @@ impl KafkaPartition {
             next: None,
             end: None,
             assigned: false,
-            read_ahead_at,
+            read_ahead,
             failure: None,
             out_of_range: None,
             exchange: None,
@@ -197,6 +201,24 @@ impl KafkaPartition {
     /// Resolves where to start (stored position, else the group's committed offset, else the
     /// configured start) and assigns the partition there.
     fn assign(&mut self) -> Result<(), SourceError> {
+        if let Some((at, high)) = self.read_ahead.take() {
+            // The read-ahead resolved a start the same way moments ago (the group's offset,
+            // else the configured start): with no stored position, or the same one, the
+            // reader goes on from there without asking the broker again.
+            if self.exchange.is_none() && self.next.is_none_or(|next| next == at) {
+                if self.next.is_none() {
+                    tracing::info!(partition = %self.id, next = at, "no stored position; starting here");
+                }
+                tracing::debug!(partition = %self.id, next = at, "continuing the read-ahead");
+                self.next = Some(at);
+                if self.end_at_tail && self.end.is_none() {
+                    self.end = Some(high);
+                }
+                self.assigned = true;
+                return Ok(());
+            }
+            tracing::debug!(partition = %self.id, at, next = ?self.next, "read ahead elsewhere; moving");
+        }
         let (low, high) = self
             .consumer
             .fetch_watermarks(&self.topic, self.partition, REQUEST_TIMEOUT)
@@ -216,22 +238,13 @@ impl KafkaPartition {
             }
         };
         let next = self.within_log(next, low, high)?;
-        // A reader read ahead from `next` already holds what comes next; any other start
-        // moves it (librdkafka drops what it fetched from the old position).
-        let read_ahead_at = self.read_ahead_at.take();
-        if read_ahead_at == Some(next) {
-            tracing::debug!(partition = %self.id, next, "continuing the read-ahead");
-        } else {
-            if let Some(at) = read_ahead_at {
-                tracing::debug!(partition = %self.id, at, next, "read ahead elsewhere; moving");
-            }
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset(&self.topic, self.partition, Offset::Offset(next))
-                .map_err(|e| SourceError::Fatal(e.to_string()))?;
-            self.consumer
-                .assign(&tpl)
-                .map_err(|e| self.error("assign the partition", e))?;
-        }
+        // On a reader read ahead elsewhere, librdkafka drops what it fetched from there.
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.topic, self.partition, Offset::Offset(next))
+            .map_err(|e| SourceError::Fatal(e.to_string()))?;
+        self.consumer
+            .assign(&tpl)
+            .map_err(|e| self.error("assign the partition", e))?;
         self.next = Some(next);
         if self.end_at_tail && self.end.is_none() {
             self.end = Some(high);
