@@ -756,18 +756,17 @@ fn changelog_restores_the_state_and_fences_an_older_owner() {
     assert_eq!(next.progress().unwrap().committed, Some(1));
 }
 
+/// `source`'s fleet joined as worker `w1` of a new job.
+fn join_as_w1(source: &KafkaSourceConfig, config: &KafkaFleetConfig) -> KafkaFleet {
+    KafkaFleet::join(&unique("job"), source, config, Some("w1")).unwrap()
+}
+
 #[test]
 fn a_fleet_members_wait_ends_when_the_group_assigns_its_partitions() {
     let topic = unique("fleet-wait");
     create_topic(&topic, 2);
     let source = source_config(&topic, serde_json::json!({}));
-    let fleet = KafkaFleet::join(
-        &unique("job"),
-        &source,
-        &KafkaFleetConfig::default(),
-        Some("w1"),
-    )
-    .unwrap();
+    let fleet = join_as_w1(&source, &KafkaFleetConfig::default());
     let ttl = Duration::from_secs(10);
     assert_eq!(
         fleet.acquire("p0", "w1", ttl).unwrap(),
@@ -812,13 +811,7 @@ fn a_worker_alone_in_its_group_reads_ahead_while_joining_and_its_tasks_continue_
         ],
     );
     let source = source_config(&topic, serde_json::json!({}));
-    let fleet = KafkaFleet::join(
-        &unique("job"),
-        &source,
-        &KafkaFleetConfig::default(),
-        Some("w1"),
-    )
-    .unwrap();
+    let fleet = join_as_w1(&source, &KafkaFleetConfig::default());
     // The member has not been polled: no assignment yet, but both readers open meanwhile.
     let both = vec![(topic.clone(), 0), (topic.clone(), 1)];
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -856,6 +849,44 @@ fn a_worker_alone_in_its_group_reads_ahead_while_joining_and_its_tasks_continue_
 }
 
 #[test]
+fn a_task_whose_state_says_otherwise_moves_a_read_ahead_reader_to_its_position() {
+    let topic = unique("read-ahead-moved");
+    create_topic(&topic, 1);
+    produce(
+        &topic,
+        &[
+            (0, None, r#"{"ts":1}"#),
+            (0, None, r#"{"ts":2}"#),
+            (0, None, r#"{"ts":3}"#),
+        ],
+    );
+    let source = source_config(&topic, serde_json::json!({}));
+    let fleet = join_as_w1(&source, &KafkaFleetConfig::default());
+    let (timeout, stop) = (Duration::from_secs(60), AtomicBool::new(false));
+    fleet.wait(timeout, &stop);
+    assert_eq!(
+        waiting_read_ahead(&source.brokers, &source.group),
+        vec![(topic.clone(), 0)]
+    );
+    // Long enough for the reader to have fetched from offset 0.
+    std::thread::sleep(Duration::from_millis(500));
+
+    let mut parts =
+        open_kafka_source("in", &source, &decode_ctx(&[]), &PartitionSelection::All).unwrap();
+    parts[0].seek(&2i64.to_be_bytes()).unwrap();
+    let mut batch = SourceBatch::default();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while parts[0].poll(&mut batch, 10).unwrap() != PollStatus::End && Instant::now() < deadline {}
+    let times: Vec<i64> = batch.records.iter().map(|r| r.time).collect();
+    assert_eq!(
+        times,
+        vec![3],
+        "only the record at the stored position, once"
+    );
+    fleet.leave("w1").unwrap();
+}
+
+#[test]
 fn a_worker_reads_nothing_ahead_when_read_ahead_is_off() {
     let topic = topic_with_two_records("no-read-ahead");
     let source = source_config(&topic, serde_json::json!({}));
@@ -863,7 +894,7 @@ fn a_worker_reads_nothing_ahead_when_read_ahead_is_off() {
         read_ahead: false,
         ..KafkaFleetConfig::default()
     };
-    let fleet = KafkaFleet::join(&unique("job"), &source, &config, Some("w1")).unwrap();
+    let fleet = join_as_w1(&source, &config);
     // The first join takes the broker's whole hold: a read-ahead would have opened by then.
     let (timeout, stop) = (Duration::from_secs(60), AtomicBool::new(false));
     fleet.wait(timeout, &stop);
