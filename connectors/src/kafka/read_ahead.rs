@@ -18,9 +18,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::client::{ClosedInBackground, EofAwareContext, REQUEST_TIMEOUT};
-use super::config::{KafkaSourceConfig, StartFrom};
+use super::config::KafkaSourceConfig;
 use super::partition_queue::PartitionQueue;
-use super::source::consumer_config;
+use super::source::{committed_offset, first_offset, open_reader};
 
 /// A partition reader opened ahead of its task, assigned at `offset`.
 pub(crate) struct ReadAhead {
@@ -139,30 +139,12 @@ fn open_into(pool: &Mutex<Pool>, config: &KafkaSourceConfig, tp: &(String, i32))
 
 /// Opens one partition's reader at the group's committed offset (else the configured start).
 fn open(config: &KafkaSourceConfig, topic: &str, partition: i32) -> Result<ReadAhead, String> {
-    let consumer: BaseConsumer<EofAwareContext> = consumer_config(config)
-        .create_with_context(EofAwareContext)
-        .map_err(|e| e.to_string())?;
-    let consumer = ClosedInBackground::new(consumer);
-    let queue = PartitionQueue::split(&consumer, topic, partition)
-        .ok_or("librdkafka refused the partition's queue")?;
+    let (queue, consumer) = open_reader(config, topic, partition).map_err(|e| e.to_string())?;
     let (low, high) = consumer
         .fetch_watermarks(topic, partition, REQUEST_TIMEOUT)
         .map_err(|e| e.to_string())?;
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition(topic, partition);
-    let committed = consumer
-        .committed_offsets(tpl, REQUEST_TIMEOUT)
-        .map_err(|e| e.to_string())?
-        .find_partition(topic, partition)
-        .and_then(|p| match p.offset() {
-            Offset::Offset(o) if o >= 0 => Some(o),
-            _ => None,
-        });
-    let offset = match (committed, config.start) {
-        (Some(offset), _) => offset,
-        (None, StartFrom::Earliest) => low,
-        (None, StartFrom::Latest) => high,
-    };
+    let committed = committed_offset(&consumer, topic, partition).map_err(|e| e.to_string())?;
+    let offset = first_offset(committed, config.start, low, high);
     if !(low..=high).contains(&offset) {
         return Err(format!(
             "offset {offset} is outside the log ({low}..{high})"

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use compact_str::{format_compact, CompactString};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::types::RDKafkaErrorCode;
@@ -93,6 +93,59 @@ pub(crate) fn consumer_config(config: &KafkaSourceConfig) -> ClientConfig {
     client
 }
 
+/// A reader of one partition: a consumer with the source's settings and the partition's
+/// queue split from it (not yet assigned). The queue must be dropped before the consumer.
+pub(crate) type Reader = (
+    PartitionQueue,
+    ClosedInBackground<BaseConsumer<EofAwareContext>>,
+);
+
+/// Opens a [`Reader`] of `topic`/`partition` for `config`'s source.
+pub(crate) fn open_reader(
+    config: &KafkaSourceConfig,
+    topic: &str,
+    partition: i32,
+) -> Result<Reader, SourceError> {
+    let consumer: BaseConsumer<EofAwareContext> = consumer_config(config)
+        .create_with_context(EofAwareContext)
+        .map_err(|e| SourceError::Fatal(format!("cannot create a Kafka consumer: {e}")))?;
+    let consumer = ClosedInBackground::new(consumer);
+    let queue = PartitionQueue::split(&consumer, topic, partition).ok_or_else(|| {
+        SourceError::Fatal(format!(
+            "cannot read Kafka partition {topic}/{partition}: librdkafka refused its queue"
+        ))
+    })?;
+    Ok((queue, consumer))
+}
+
+/// The group's committed offset of `topic`/`partition`, if any, as `consumer` (of the group)
+/// reads it.
+pub(crate) fn committed_offset<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+) -> Result<Option<i64>, KafkaError> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    Ok(consumer
+        .committed_offsets(tpl, REQUEST_TIMEOUT)?
+        .find_partition(topic, partition)
+        .and_then(|p| match p.offset() {
+            Offset::Offset(o) if o >= 0 => Some(o),
+            _ => None,
+        }))
+}
+
+/// Where a partition with no stored position starts: the group's `committed` offset, else
+/// `start` in the log from `low` to `high`.
+pub(crate) fn first_offset(committed: Option<i64>, start: StartFrom, low: i64, high: i64) -> i64 {
+    match (committed, start) {
+        (Some(offset), _) => offset,
+        (None, StartFrom::Earliest) => low,
+        (None, StartFrom::Latest) => high,
+    }
+}
+
 /// One topic partition read by one task.
 pub struct KafkaPartition {
     id: String,
@@ -144,17 +197,7 @@ impl KafkaPartition {
                 Some((ahead.offset, ahead.high)),
             ),
             None => {
-                let consumer: BaseConsumer<EofAwareContext> = consumer_config(config)
-                    .create_with_context(EofAwareContext)
-                    .map_err(|e| {
-                        SourceError::Fatal(format!("cannot create a Kafka consumer: {e}"))
-                    })?;
-                let consumer = ClosedInBackground::new(consumer);
-                let queue = PartitionQueue::split(&consumer, &topic, partition).ok_or_else(|| {
-                    SourceError::Fatal(format!(
-                        "cannot read Kafka partition {topic}/{partition}: librdkafka refused its queue"
-                    ))
-                })?;
+                let (queue, consumer) = open_reader(config, &topic, partition)?;
                 (queue, consumer, None)
             }
         };
@@ -227,12 +270,9 @@ impl KafkaPartition {
             Some(next) => next,
             None if self.exchange.is_some() => low,
             None => {
-                let committed = self.committed_offset()?;
-                let next = match (committed, self.start) {
-                    (Some(offset), _) => offset,
-                    (None, StartFrom::Earliest) => low,
-                    (None, StartFrom::Latest) => high,
-                };
+                let committed = committed_offset(&self.consumer, &self.topic, self.partition)
+                    .map_err(|e| self.error("read the group's committed offset", e))?;
+                let next = first_offset(committed, self.start, low, high);
                 tracing::info!(partition = %self.id, next, "no stored position; starting here");
                 next
             }
@@ -278,22 +318,6 @@ impl KafkaPartition {
             return Ok(low);
         }
         Ok(next)
-    }
-
-    /// The group's committed offset of this partition, if any.
-    fn committed_offset(&self) -> Result<Option<i64>, SourceError> {
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&self.topic, self.partition);
-        let committed = self
-            .consumer
-            .committed_offsets(tpl, REQUEST_TIMEOUT)
-            .map_err(|e| self.error("read the group's committed offset", e))?;
-        Ok(committed
-            .find_partition(&self.topic, self.partition)
-            .and_then(|p| match p.offset() {
-                Offset::Offset(o) if o >= 0 => Some(o),
-                _ => None,
-            }))
     }
 
     fn error(&self, what: &str, e: KafkaError) -> SourceError {
