@@ -756,6 +756,14 @@ fn changelog_restores_the_state_and_fences_an_older_owner() {
     assert_eq!(next.progress().unwrap().committed, Some(1));
 }
 
+/// The event times of the records `part` reads until its end (20 s at most).
+fn times_to_end(part: &mut dyn SourcePartition) -> Vec<i64> {
+    let mut batch = SourceBatch::default();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while part.poll(&mut batch, 10).unwrap() != PollStatus::End && Instant::now() < deadline {}
+    batch.records.iter().map(|r| r.time).collect()
+}
+
 /// `source`'s fleet joined as worker `w1` of a new job.
 fn join_as_w1(source: &KafkaSourceConfig, config: &KafkaFleetConfig) -> KafkaFleet {
     KafkaFleet::join(&unique("job"), source, config, Some("w1")).unwrap()
@@ -836,13 +844,7 @@ fn a_worker_alone_in_its_group_reads_ahead_while_joining_and_its_tasks_continue_
     let ctx = decode_ctx(&[]);
     let mut parts = open_kafka_source("in", &source, &ctx, &PartitionSelection::All).unwrap();
     assert!(waiting_read_ahead(&source.brokers, &source.group).is_empty());
-    let mut times = Vec::new();
-    for part in &mut parts {
-        let mut batch = SourceBatch::default();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while part.poll(&mut batch, 10).unwrap() != PollStatus::End && Instant::now() < deadline {}
-        times.push(batch.records.iter().map(|r| r.time).collect::<Vec<_>>());
-    }
+    let times: Vec<Vec<i64>> = parts.iter_mut().map(|p| times_to_end(p.as_mut())).collect();
     assert_eq!(times, vec![vec![1, 3], vec![2]]);
     assert_eq!(parts[0].position(), 2i64.to_be_bytes().to_vec());
     fleet.leave("w1").unwrap();
@@ -874,12 +876,8 @@ fn a_task_whose_state_says_otherwise_moves_a_read_ahead_reader_to_its_position()
     let mut parts =
         open_kafka_source("in", &source, &decode_ctx(&[]), &PartitionSelection::All).unwrap();
     parts[0].seek(&2i64.to_be_bytes()).unwrap();
-    let mut batch = SourceBatch::default();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while parts[0].poll(&mut batch, 10).unwrap() != PollStatus::End && Instant::now() < deadline {}
-    let times: Vec<i64> = batch.records.iter().map(|r| r.time).collect();
     assert_eq!(
-        times,
+        times_to_end(parts[0].as_mut()),
         vec![3],
         "only the record at the stored position, once"
     );

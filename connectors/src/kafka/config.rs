@@ -222,8 +222,9 @@ pub struct KafkaFleetConfig {
     #[serde(default = "default_rebalance_timeout_ms")]
     pub rebalance_timeout_ms: u64,
     /// Whether a worker that finds its group empty reads every partition ahead while the
-    /// broker holds its first join (each reader fetches at most `queued.max.messages.kbytes`
-    /// ahead); readers of partitions the group assigns elsewhere are then closed.
+    /// broker holds its first join (each reader stops fetching once
+    /// `queued.max.messages.kbytes` are queued); readers of partitions the group assigns
+    /// elsewhere are then closed.
     #[serde(default = "default_read_ahead")]
     pub read_ahead: bool,
 }
