@@ -105,6 +105,11 @@ pub(super) fn run(
                     measured.push(restore_section(brokers, args, names, &mut topics)?)
                 }
             }
+            // Each section on a broker that holds only its own topics: noida-db's cost per
+            // write (its whole state rewritten) grows with every record it holds.
+            if let Err(e) = topics.delete_all() {
+                eprintln!("  warning: cannot delete the section's topics: {e:#}");
+            }
         }
         Ok(())
     })();
@@ -273,11 +278,103 @@ fn process_cpu() -> Duration {
     time(usage.ru_utime) + time(usage.ru_stime)
 }
 
-/// Wall and process CPU time of `read`, with what it returned.
-fn timed<T>(read: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(T, Duration)> {
-    let cpu = process_cpu();
+/// CPU time (all cores, every process) the machine has used since boot: the busy fields of
+/// `/proc/stat`'s first line; zero where there is no `/proc/stat`.
+fn machine_cpu() -> Duration {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return Duration::ZERO;
+    };
+    // SAFETY: `sysconf` only reads a constant of the system.
+    let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    // user, nice, system, (idle, iowait: not busy), irq, softirq, steal.
+    let busy: u64 = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|i| fields.get(*i))
+        .sum();
+    Duration::from_secs_f64(busy as f64 / ticks_per_s)
+}
+
+/// CPU time used during one phase: by this process (the plain consumers, or Weir), and by
+/// the rest of the machine (the broker on the same cores, mostly).
+#[derive(Clone, Copy, Default)]
+struct PhaseCpu {
+    own: Duration,
+    rest: Duration,
+}
+
+impl PhaseCpu {
+    /// The mean of two phases' figures.
+    fn mean(self, other: PhaseCpu) -> PhaseCpu {
+        PhaseCpu {
+            own: (self.own + other.own) / 2,
+            rest: (self.rest + other.rest) / 2,
+        }
+    }
+}
+
+/// The CPU used by this process and by the rest of the machine while `read` ran, with what
+/// it returned.
+fn timed<T>(read: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(T, PhaseCpu)> {
+    let (own, all) = (process_cpu(), machine_cpu());
     let value = read()?;
-    Ok((value, process_cpu().saturating_sub(cpu)))
+    let own = process_cpu().saturating_sub(own);
+    let all = machine_cpu().saturating_sub(all);
+    Ok((
+        value,
+        PhaseCpu {
+            own,
+            rest: all.saturating_sub(own),
+        },
+    ))
+}
+
+/// Longest wait for [`wait_until_quiet`].
+const QUIET_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Waits until the rest of the machine (the broker, mostly) has used under a tenth of a core
+/// for 250 ms; returns how long it waited, or `None` if it was still busy after
+/// [`QUIET_TIMEOUT`]. Each measured phase starts so: noida-db rewrites its whole state (every
+/// topic's records, as JSON) after changes, which takes seconds of CPU once it holds millions
+/// of records, and a phase that started while the broker still persisted the previous
+/// phase's writes (a new consumer group's, say) would share the cores with it.
+fn wait_until_quiet() -> Option<Duration> {
+    const WINDOW: Duration = Duration::from_millis(250);
+    let started = Instant::now();
+    while started.elapsed() < QUIET_TIMEOUT {
+        let (own, all) = (process_cpu(), machine_cpu());
+        std::thread::sleep(WINDOW);
+        let own = process_cpu().saturating_sub(own);
+        let rest = machine_cpu().saturating_sub(all).saturating_sub(own);
+        if rest < WINDOW / 10 {
+            return Some(started.elapsed());
+        }
+    }
+    None
+}
+
+/// How the measured phases began, from their [`wait_until_quiet`] results.
+fn describe_waits(waits: &[Option<Duration>]) -> String {
+    let busy = waits.iter().filter(|w| w.is_none()).count();
+    if busy > 0 {
+        return format!(
+            "{busy} of {} phases began on a busy machine (after {} s of waiting)",
+            waits.len(),
+            QUIET_TIMEOUT.as_secs()
+        );
+    }
+    let longest = waits.iter().flatten().max().copied().unwrap_or_default();
+    format!(
+        "each phase began on a quiet machine (waits up to {:.1} s)",
+        longest.as_secs_f64()
+    )
 }
 
 /// Reads partitions `0..partitions` of `topic` with one consumer from the beginning to the
@@ -461,13 +558,15 @@ fn source_section(
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true");
     // Both layouts, before and after Weir: the faster layout (mean of its two reads) is the
-    // baseline, so neither a slow layout nor the broker still busy with the input (or with
-    // Weir's results) tilts the ratio.
-    // Each read's wall time and this process's CPU time during it.
-    let read_plain = |when: &str| -> anyhow::Result<[(Duration, Duration); 2]> {
+    // baseline, so a slow layout does not tilt the ratio. Each read's wall time and the CPU
+    // used during it; every phase, Weir's too, starts on a quiet machine.
+    let mut waited = Vec::new();
+    let mut read_plain = |when: &str| -> anyhow::Result<[(Duration, PhaseCpu); 2]> {
+        waited.push(wait_until_quiet());
         eprintln!("  kafka-source: plain consumer, {when} ...");
         let ((read, one), one_cpu) = timed(|| read_to_end(&plain, &input, partitions))?;
         check_count("the plain consumer", read, args.events)?;
+        waited.push(wait_until_quiet());
         eprintln!("  kafka-source: plain consumers, one per partition, {when} ...");
         let ((read, each), each_cpu) =
             timed(|| read_to_end_in_parallel(&plain, &input, partitions))?;
@@ -476,6 +575,7 @@ fn source_section(
     };
     let before = read_plain("before Weir")?;
 
+    let waited_for_weir = wait_until_quiet();
     eprintln!("  kafka-source: Weir ...");
     let job = format!("bench-io-{}-{kind}kafka", names.id);
     let state = args.dir.join(format!("{}-{kind}kafka", names.id));
@@ -510,7 +610,7 @@ fn source_section(
     let after = read_plain("after Weir")?;
     let mean = |layout: usize| {
         let (b, a) = (before[layout], after[layout]);
-        ((b.0 + a.0) / 2, (b.1 + a.1) / 2)
+        ((b.0 + a.0) / 2, b.1.mean(a.1))
     };
     let (one, each) = (mean(0), mean(1));
     let (baseline, (plain_time, plain_cpu)) = if one.0 <= each.0 {
@@ -524,9 +624,10 @@ fn source_section(
             each,
         )
     };
-    // CPU per event of this process alone: the broker's share of the same cores, which
-    // varies from phase to phase, is not in it.
+    // This process's CPU and the rest of the machine's apart: the broker shares the cores, and
+    // its share differs from phase to phase.
     let cpu_per_event_us = |cpu: Duration| cpu.as_secs_f64() * 1e6 / args.events.max(1) as f64;
+    waited.push(waited_for_weir);
     let mut checkpoints_ms: Vec<String> = run
         .checkpoint_durations_us
         .iter()
@@ -556,7 +657,9 @@ fn source_section(
         detail: format!(
             "{} events (compression {}); plain before/after Weir: 1 consumer {:.2}/{:.2} s, 1 per \
              partition {:.2}/{:.2} s; Weir {:.2} s = start {:.2} s + run {:.2} s (checkpoints {} ms); \
-             process CPU per event: baseline {:.2} us, Weir {:.2} us ({:.2}x); {} window results \
+             process CPU per event: baseline {:.2} us, Weir {:.2} us ({:.2}x); the rest of the \
+             machine's CPU (the broker, mostly) per event: baseline {:.2} us, Weir {:.2} us; \
+             {}; {} window results \
              (all read back committed), {} epochs",
             run.events_in,
             args.kafka_compression,
@@ -568,9 +671,12 @@ fn source_section(
             build_time.as_secs_f64(),
             (weir_time - build_time).as_secs_f64(),
             checkpoints_ms.join("+"),
-            cpu_per_event_us(plain_cpu),
-            cpu_per_event_us(weir_cpu),
-            weir_cpu.as_secs_f64() / plain_cpu.as_secs_f64().max(1e-9),
+            cpu_per_event_us(plain_cpu.own),
+            cpu_per_event_us(weir_cpu.own),
+            weir_cpu.own.as_secs_f64() / plain_cpu.own.as_secs_f64().max(1e-9),
+            cpu_per_event_us(plain_cpu.rest),
+            cpu_per_event_us(weir_cpu.rest),
+            describe_waits(&waited),
             run.results_out,
             run.epochs
         ),
