@@ -2,6 +2,7 @@
 //!
 //! - `kafka-source`: a keyed input topic read end to end by a plain consumer (counting
 //!   messages) and by a Weir job through a tumbling window into a transactional result topic.
+//!   Each read begins once the rest of the machine (the broker) is quiet.
 //! - `kafka-source-fleet`: the same, with Weir run as `weir run` runs a Kafka topology (a fleet
 //!   worker: a task per partition, checkpoints replicated to a changelog topic).
 //! - `kafka-latency`: event-to-result latency of an unbounded Weir job (`emit: on_update`,
@@ -11,7 +12,7 @@
 //! - `kafka-restore`: a changelog partition holding a task's state, read by a plain
 //!   `read_committed` consumer and restored by [`ChangelogReplica`] into a fresh RocksDB store.
 //!
-//! Every section deletes the topics it created.
+//! Every section deletes the topics it created when it ends.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
