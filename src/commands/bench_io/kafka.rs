@@ -350,11 +350,11 @@ fn wait_until_quiet() -> Option<Duration> {
     const WINDOW: Duration = Duration::from_millis(250);
     let started = Instant::now();
     while started.elapsed() < QUIET_TIMEOUT {
-        let (own, all) = (process_cpu(), machine_cpu());
-        std::thread::sleep(WINDOW);
-        let own = process_cpu().saturating_sub(own);
-        let rest = machine_cpu().saturating_sub(all).saturating_sub(own);
-        if rest < WINDOW / 10 {
+        let window = timed(|| {
+            std::thread::sleep(WINDOW);
+            Ok(())
+        });
+        if window.is_ok_and(|((), cpu)| cpu.rest < WINDOW / 10) {
             return Some(started.elapsed());
         }
     }
