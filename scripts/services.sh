@@ -31,8 +31,11 @@ start_redis() {
   command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
   local port dir
   port=$(free_port); dir="$state_dir/redis"; mkdir -p "$dir"
-  redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" --appendonly yes --save '' \
-    --daemonize no >"$state_dir/redis.log" 2>&1 &
+  # `appendfsync no`: the AOF still reaches the file before each reply (a killed server loses
+  # nothing), but Redis never waits on fsync, which can hold up every command for seconds
+  # while other writers keep the disk busy (a sink commit in CI timed out after 10 s).
+  redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" --appendonly yes --appendfsync no \
+    --save '' --daemonize no >"$state_dir/redis.log" 2>&1 &
   local pid=$!
   echo "$pid" >"$state_dir/redis.pid"
   wait_port "$port" "$pid" redis

@@ -6,7 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export WEIR_SERVICES_DIR
-WEIR_SERVICES_DIR="$(mktemp -d)"
+# The servers' files live in memory where the machine has /dev/shm: the broker rewrites its
+# whole state on every change, and on a shared disk those writes stalled the other servers.
+WEIR_SERVICES_DIR="$(mktemp -d -p /dev/shm 2>/dev/null || mktemp -d)"
 trap 'scripts/services.sh stop; rm -rf "$WEIR_SERVICES_DIR"' EXIT
 eval "$(scripts/services.sh start redis kafka tansu mongodb)"
 echo "test servers: redis $WEIR_TEST_REDIS, kafka $WEIR_TEST_KAFKA (second broker $WEIR_TEST_TANSU), mongodb $WEIR_TEST_MONGODB" >&2

@@ -425,7 +425,7 @@ impl OwnRedis {
         let child = std::process::Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--dir", &dir.path().display().to_string()])
-            .args(["--appendonly", "yes", "--save", ""])
+            .args(["--appendonly", "yes", "--appendfsync", "no", "--save", ""])
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server on PATH (apt-get install redis-server)");
