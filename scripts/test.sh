@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 export WEIR_SERVICES_DIR
 # The servers' files live in memory where the machine has /dev/shm: the broker rewrites its
-# whole state on every change, and on a shared disk those writes stalled the other servers.
+# whole state on every change, and on a shared disk those writes can hold up the others.
 WEIR_SERVICES_DIR="$(mktemp -d -p /dev/shm 2>/dev/null || mktemp -d)"
 trap 'scripts/services.sh stop; rm -rf "$WEIR_SERVICES_DIR"' EXIT
 eval "$(scripts/services.sh start redis kafka tansu mongodb)"
