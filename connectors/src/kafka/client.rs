@@ -477,6 +477,68 @@ mod tests {
         }
     }
 
+    /// The test broker's address (`WEIR_TEST_KAFKA`, as the integration tests use).
+    fn test_broker() -> String {
+        std::env::var("WEIR_TEST_KAFKA").unwrap_or_else(|_| {
+            panic!(
+                "WEIR_TEST_KAFKA is not set; start a broker with \
+                 `eval \"$(scripts/services.sh start kafka)\"`"
+            )
+        })
+    }
+
+    fn send_records(producer: &BaseProducer, topic: &str, count: usize) {
+        for i in 0..count {
+            let value = format!("record {i}");
+            producer
+                .send(rdkafka::producer::BaseRecord::<str, str>::to(topic).payload(&value))
+                .map_err(|(e, _)| e)
+                .expect("queued");
+        }
+    }
+
+    #[test]
+    fn drain_returns_once_the_broker_acknowledged_every_record() {
+        let brokers = test_broker();
+        let topic = format!(
+            "weir-drain-{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos()
+        );
+        let config = client_config(&brokers, &BTreeMap::new());
+        ensure_topic(
+            &config,
+            &TopicSpec {
+                name: topic.clone(),
+                partitions: 3,
+                compacted: false,
+                replication: 1,
+            },
+        )
+        .expect("topic");
+        let producer: BaseProducer = config.create().expect("producer");
+        send_records(&producer, &topic, 5_000);
+        drain(&producer, DRAIN_TIMEOUT);
+        assert_eq!(producer.in_flight_count(), 0);
+    }
+
+    #[test]
+    fn drain_gives_up_at_its_timeout_and_keeps_what_is_in_flight() {
+        // A port nothing listens on: the record can never be acknowledged.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let producer: BaseProducer = client_config(&format!("127.0.0.1:{port}"), &BTreeMap::new())
+            .create()
+            .expect("producer");
+        send_records(&producer, "nowhere", 1);
+        drain(&producer, Duration::from_millis(300));
+        assert_eq!(producer.in_flight_count(), 1);
+    }
+
     #[test]
     fn the_process_waits_for_a_background_close_until_it_is_done() {
         let (release, held) = std::sync::mpsc::channel();
