@@ -35,8 +35,8 @@ use weir_engine::state::{BatchOp, StateBatch, StateStore, Table};
 
 use super::client::SetDefault;
 use super::client::{
-    drain, init_transactions, is_fenced, is_retryable, ClosedInBackground, EofAwareContext,
-    DRAIN_TIMEOUT, REQUEST_TIMEOUT,
+    drain, init_transactions, is_fenced, is_retryable, serve_deliveries, ClosedInBackground,
+    EofAwareContext, DRAIN_TIMEOUT, REQUEST_TIMEOUT,
 };
 
 /// Marks a range-delete record key.
@@ -473,7 +473,7 @@ impl ChangelogReplica {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     record = back;
-                    self.producer.poll(Duration::from_millis(10));
+                    serve_deliveries(&self.producer);
                 }
                 Err((e, _)) => return Err(fleet_error("produce", &e)),
             }

@@ -53,34 +53,33 @@ impl ConsumerContext for EofAwareContext {}
 /// How long [`drain`] waits for outstanding deliveries before leaving them to the commit.
 pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Serves `producer`'s delivery reports until nothing is in flight or `timeout` has passed,
-/// looking again every [`DRAIN_STEP`] while the broker has not answered. Call it just before
-/// `commit_transaction`: that call flushes by polling in 100 ms steps, so without draining
-/// first every transaction costs at least 100 ms.
+/// Serves `producer`'s delivery reports until nothing is in flight or `timeout` has passed.
+/// Call it just before `commit_transaction`: that call flushes by polling in 100 ms steps, so
+/// without draining first every transaction costs at least 100 ms.
 pub(crate) fn drain(producer: &BaseProducer, timeout: Duration) {
     let deadline = Instant::now() + timeout;
-    loop {
-        let before = producer.in_flight_count();
-        if before == 0 {
-            return;
-        }
-        // Never with a timeout: the crate's `poll(t)` asks librdkafka for events with the
-        // time left in whole milliseconds, so its last millisecond asks with 0 over and over,
-        // and a drain made of 1 ms polls kept a core busy while the broker (on the same cores)
-        // was acknowledging.
-        producer.poll(Duration::ZERO);
-        let after = producer.in_flight_count();
-        if after == 0 || Instant::now() >= deadline {
-            return;
-        }
-        if after == before {
-            std::thread::sleep(DRAIN_STEP);
-        }
+    while producer.in_flight_count() > 0 && Instant::now() < deadline {
+        serve_deliveries(producer);
     }
 }
 
-/// How long [`drain`] sleeps when a look found nothing new.
-const DRAIN_STEP: Duration = Duration::from_micros(500);
+/// Serves the delivery reports `producer` has queued, and when none had arrived sleeps
+/// [`DELIVERY_WAIT`] so the broker can answer: one step of a wait for acknowledgements (a
+/// drain, or room in a full send queue).
+pub(crate) fn serve_deliveries(producer: &BaseProducer) {
+    let before = producer.in_flight_count();
+    // Never with a timeout: the crate's `poll(t)` asks librdkafka for events with the time
+    // left in whole milliseconds, so its last millisecond asks with 0 over and over, and a
+    // drain made of 1 ms polls kept a core busy while the broker (on the same cores) was
+    // acknowledging.
+    producer.poll(Duration::ZERO);
+    if producer.in_flight_count() == before {
+        std::thread::sleep(DELIVERY_WAIT);
+    }
+}
+
+/// How long [`serve_deliveries`] sleeps when nothing had arrived.
+const DELIVERY_WAIT: Duration = Duration::from_micros(500);
 
 /// Initialises `producer`'s transactions once the broker leading partition 0 of `topic` has
 /// answered it. librdkafka asks for the transaction coordinator as soon as

@@ -24,8 +24,8 @@ use weir_engine::runtime::{Sink, SinkEncoder, SinkError, SinkScope};
 
 use super::client::SetDefault;
 use super::client::{
-    client_config, drain, ensure_topic, is_fenced, partition_counts, warm_up, TopicError,
-    TopicSpec, DRAIN_TIMEOUT, REQUEST_TIMEOUT,
+    client_config, drain, ensure_topic, is_fenced, partition_counts, serve_deliveries, warm_up,
+    TopicError, TopicSpec, DRAIN_TIMEOUT, REQUEST_TIMEOUT,
 };
 use super::config::KafkaSinkConfig;
 
@@ -299,7 +299,7 @@ impl KafkaSink {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     record = back;
-                    producer.poll(Duration::from_millis(10));
+                    serve_deliveries(producer);
                 }
                 Err((e, _)) => return Err(self.error("produce", &e)),
             }
