@@ -294,6 +294,7 @@ fn run_tasks(
                 selection: PartitionSelection::Only(vec![task as u32]),
                 task: Some(format!("p{task}")),
                 state_dir: Some(dir.join(format!("state-p{task}"))),
+                store: None,
                 replica: None,
                 lease: None,
             };

@@ -24,8 +24,8 @@ use weir_engine::checkpoint::{read_progress, write_committed, write_prepared, Pr
 use weir_engine::event::{EventRecord, FieldSlots, Output, Value};
 use weir_engine::runtime::fleet::{CheckpointReplica, FleetBackend, FleetError};
 use weir_engine::runtime::{
-    DecodeContext, PartitionSelection, PollStatus, Sink, SinkScope, SourceBatch, SourceError,
-    SourcePartition,
+    DecodeContext, PartitionSelection, PollStatus, Sink, SinkError, SinkScope, SourceBatch,
+    SourceError, SourcePartition,
 };
 use weir_engine::state::{MemoryStateStore, StateBatch, StateStore, Table};
 use weir_engine::topology::EventTimeSpec;
@@ -611,6 +611,25 @@ fn sink_commits_each_epoch_once_even_when_committed_again() {
         seen,
         BTreeMap::from([("a".into(), 2), ("b".into(), 1), ("c".into(), 1)])
     );
+}
+
+#[test]
+fn a_sink_topic_that_does_not_exist_fails_the_first_commit_naming_its_yaml_path() {
+    // The sink connects in the background from `open` on; its first commit reports what
+    // connecting found, and a missing topic (no `create_partitions`) is not retried.
+    let topic = unique("absent");
+    let scope = SinkScope {
+        job: unique("job"),
+        task: "p0".into(),
+    };
+    let options = serde_json::json!({"brokers": brokers(), "topic": topic, "key": ["user"]});
+    let config = KafkaSinkConfig::from_options("sinks.out", options.as_object().unwrap()).unwrap();
+    let mut sink = KafkaSink::open("out", &scope, &config).unwrap();
+    sink.recover(None).unwrap();
+    let err = sink.commit(1, &stage(&sink, &["a"])).unwrap_err();
+    assert!(matches!(err, SinkError::Fatal(_)), "{err}");
+    assert!(err.to_string().contains("sinks.out.topic"), "{err}");
+    assert!(err.to_string().contains(&topic), "{err}");
 }
 
 #[test]

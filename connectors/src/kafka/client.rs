@@ -108,19 +108,6 @@ pub(crate) fn init_transactions(
     result
 }
 
-/// A producer connecting to the broker that leads partition 0 of an existing `topic`, on a
-/// thread of its own: join it just before `init_transactions`, which is then quick (see
-/// [`init_transactions`]) without the caller waiting for the connection.
-pub(crate) fn warm_up(
-    producer: BaseProducer,
-    topic: String,
-) -> std::thread::JoinHandle<BaseProducer> {
-    std::thread::spawn(move || {
-        connect_to_leader(&producer, &topic, REQUEST_TIMEOUT);
-        producer
-    })
-}
-
 /// Asks the leader of partition 0 of `topic` for its offsets, so `producer` has a connection
 /// to it. Best effort: if this fails, `init_transactions` reports the real problem.
 fn connect_to_leader(producer: &BaseProducer, topic: &str, timeout: Duration) {

@@ -8,7 +8,14 @@
 //! and does nothing; a commit that failed midway is resolved by re-creating the producer
 //! (`init_transactions` completes or aborts whatever the previous instance left open, and fences
 //! a zombie with the same `transactional.id`) and reading the fence again.
+//!
+//! Connecting (the topic's check or creation, the producer's initialisation, the fence read)
+//! starts when the sink is opened and runs on a thread of its own, so a task reads its input
+//! meanwhile; the first commit waits for it. Nothing reaches the topic before that commit, so
+//! the order that makes the fence sound (initialise, then read the fence, then produce) holds.
 
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
@@ -24,8 +31,8 @@ use weir_engine::runtime::{Sink, SinkEncoder, SinkError, SinkScope};
 
 use super::client::SetDefault;
 use super::client::{
-    client_config, drain, ensure_topic, is_fenced, partition_counts, serve_deliveries, warm_up,
-    TopicError, TopicSpec, DRAIN_TIMEOUT, REQUEST_TIMEOUT,
+    client_config, drain, ensure_topic, init_transactions, is_fenced, partition_counts,
+    serve_deliveries, TopicError, TopicSpec, DRAIN_TIMEOUT, REQUEST_TIMEOUT,
 };
 use super::config::KafkaSinkConfig;
 
@@ -185,18 +192,106 @@ pub struct KafkaSink {
     config: KafkaSinkConfig,
     txn_id: String,
     producer_config: ClientConfig,
-    /// The producer; `None` after a failure until it is re-created.
+    /// The producer; `None` until connected, and after a failure until it is re-created.
     producer: Option<BaseProducer>,
-    /// A producer created when the sink was opened, not yet initialised, connecting on a
-    /// thread of its own while the job opens everything else, so the first
-    /// `init_transactions` is quick.
-    warm: Option<std::thread::JoinHandle<BaseProducer>>,
-    fence_reader: BaseConsumer,
+    /// The connection [`KafkaSink::open`] started; taken by the first commit.
+    connecting: Option<JoinHandle<Result<Connection, SinkError>>>,
+    /// Whether the topic passed its check (or was created); until then every connection
+    /// checks it first.
+    topic_checked: bool,
+    fence_reader: Arc<BaseConsumer>,
     /// The last epoch known to have landed.
     fence: Option<Epoch>,
     /// For an exchange sink: the topic's partition count. Staged bytes are then exchange items
     /// with explicit target partitions (see `weir_engine::runtime::exchange`).
     exchange: Option<u32>,
+}
+
+/// An initialised producer and the fence read after its initialisation.
+struct Connection {
+    producer: BaseProducer,
+    fence: Option<Epoch>,
+}
+
+/// What connecting needs, owned, so it can run on a thread of its own.
+struct Connect {
+    name: String,
+    txn_id: String,
+    config: KafkaSinkConfig,
+    base: ClientConfig,
+    fence_reader: Arc<BaseConsumer>,
+}
+
+impl Connect {
+    /// Checks (or creates) the topic unless `topic_checked`, initialises `producer` (fencing
+    /// older instances with the same `transactional.id` and settling their open transaction),
+    /// then reads the fence.
+    fn run(&self, producer: BaseProducer, topic_checked: bool) -> Result<Connection, SinkError> {
+        if !topic_checked {
+            self.check_topic()?;
+        }
+        init_transactions(&producer, &self.config.topic, TXN_TIMEOUT)
+            .map_err(|e| sink_error(&self.name, &self.txn_id, "initialise transactions", &e))?;
+        let fence = read_fence(&self.fence_reader, &self.config.topic)
+            .map_err(|e| sink_error(&self.name, &self.txn_id, "read the epoch fence", &e))?;
+        Ok(Connection { producer, fence })
+    }
+
+    /// The topic exists (created with `create_partitions` if set and missing).
+    fn check_topic(&self) -> Result<(), SinkError> {
+        let name = &self.name;
+        match self.config.create_partitions {
+            Some(partitions) => ensure_topic(
+                &self.base,
+                &TopicSpec {
+                    name: self.config.topic.clone(),
+                    partitions,
+                    compacted: false,
+                    replication: self.config.replication_factor,
+                },
+            ),
+            None => {
+                partition_counts(&self.base, std::slice::from_ref(&self.config.topic)).map(drop)
+            }
+        }
+        .map_err(|e| match e {
+            TopicError::Missing(m) => SinkError::Fatal(format!(
+                "sinks.{name}.topic: {m} (create it, or set `create_partitions`)"
+            )),
+            TopicError::Unavailable(m) => SinkError::Retryable(format!("sink `{name}`: {m}")),
+        })
+    }
+}
+
+/// The error of a failed Kafka call of sink `name`: fatal when a newer instance fenced this
+/// one, retryable otherwise.
+fn sink_error(name: &str, txn_id: &str, what: &str, e: &KafkaError) -> SinkError {
+    let text = format!("sink `{name}`: cannot {what}: {e}");
+    if is_fenced(e) {
+        SinkError::Fatal(format!(
+            "{text} (another worker took this task over with transactional.id {txn_id})"
+        ))
+    } else {
+        SinkError::Retryable(text)
+    }
+}
+
+/// The fence partition of `topic`: where the fence group's offset is the last epoch landed.
+fn fence_partition(topic: &str) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, 0);
+    tpl
+}
+
+/// The last epoch that landed in `topic`, as the fence group of `fence_reader` records it.
+fn read_fence(fence_reader: &BaseConsumer, topic: &str) -> Result<Option<Epoch>, KafkaError> {
+    let committed = fence_reader.committed_offsets(fence_partition(topic), REQUEST_TIMEOUT)?;
+    Ok(committed
+        .find_partition(topic, 0)
+        .and_then(|p| match p.offset() {
+            Offset::Offset(o) if o > 0 => Some(o as Epoch),
+            _ => None,
+        }))
 }
 
 /// The encoder of an exchange sink: stage 1 writes exchange items itself; outputs never reach
@@ -208,8 +303,9 @@ impl SinkEncoder for NoEncoder {
 }
 
 impl KafkaSink {
-    /// Checks (or creates) the topic and prepares the producer settings; connects in
-    /// [`Sink::recover`].
+    /// Prepares the producer settings and starts connecting on a thread of its own (see the
+    /// module documentation); the first commit waits for the connection and reports its
+    /// errors, a topic that does not exist without `create_partitions` among them.
     pub fn open(
         name: &str,
         scope: &SinkScope,
@@ -227,47 +323,38 @@ impl KafkaSink {
             )
             .set_default("linger.ms", "5")
             .set_default("queue.buffering.max.messages", "1000000");
-        // Created first and connected while the job opens everything else: a transactional
-        // producer asked to initialise before a broker connection is up waits for a retry
-        // (seen: 0.5 s instead of 10 ms).
         let producer: BaseProducer = producer_config
             .create()
             .map_err(|e| SinkError::Fatal(format!("sink `{name}`: {e}")))?;
-        match config.create_partitions {
-            Some(partitions) => ensure_topic(
-                &base,
-                &TopicSpec {
-                    name: config.topic.clone(),
-                    partitions,
-                    compacted: false,
-                    replication: config.replication_factor,
-                },
-            ),
-            None => partition_counts(&base, std::slice::from_ref(&config.topic)).map(drop),
-        }
-        .map_err(|e| match e {
-            TopicError::Missing(m) => SinkError::Fatal(format!(
-                "sinks.{name}.topic: {m} (create it, or set `create_partitions`)"
-            )),
-            TopicError::Unavailable(m) => SinkError::Retryable(format!("sink `{name}`: {m}")),
-        })?;
-        let warm = warm_up(producer, config.topic.clone());
-
-        let mut fence_config = base;
+        let mut fence_config = base.clone();
         fence_config
             .set("group.id", &txn_id)
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed");
-        let fence_reader: BaseConsumer = fence_config
-            .create()
-            .map_err(|e| SinkError::Fatal(format!("sink `{name}`: {e}")))?;
+        let fence_reader: Arc<BaseConsumer> = Arc::new(
+            fence_config
+                .create()
+                .map_err(|e| SinkError::Fatal(format!("sink `{name}`: {e}")))?,
+        );
+        let connect = Connect {
+            name: name.to_string(),
+            txn_id: txn_id.clone(),
+            config: config.clone(),
+            base,
+            fence_reader: fence_reader.clone(),
+        };
+        let connecting = std::thread::Builder::new()
+            .name(format!("weir-sink-{name}"))
+            .spawn(move || connect.run(producer, false))
+            .map_err(|e| SinkError::Fatal(format!("sink `{name}`: cannot start a thread: {e}")))?;
         Ok(KafkaSink {
             name: name.to_string(),
             config: config.clone(),
             txn_id,
             producer_config,
             producer: None,
-            warm: Some(warm),
+            connecting: Some(connecting),
+            topic_checked: false,
             fence_reader,
             fence: None,
             exchange: None,
@@ -334,54 +421,40 @@ impl KafkaSink {
     }
 
     fn error(&self, what: &str, e: &KafkaError) -> SinkError {
-        let text = format!("sink `{}`: cannot {what}: {e}", self.name);
-        if is_fenced(e) {
-            SinkError::Fatal(format!(
-                "{text} (another worker took this task over with transactional.id {})",
-                self.txn_id
-            ))
-        } else {
-            SinkError::Retryable(text)
-        }
+        sink_error(&self.name, &self.txn_id, what, e)
     }
 
-    /// Creates the producer (fencing any older instance and settling its open transaction)
-    /// and reads the fence.
+    /// Makes `self.producer` an initialised producer with the fence read after it: the
+    /// connection `open` started, else a new one (after a failure the old producer may be
+    /// fenced, so it is never reused).
     fn connect(&mut self) -> Result<(), SinkError> {
         self.producer = None;
-        // After a failure the producer is always a new one: the failed one may be fenced.
-        let producer: BaseProducer = match self.warm.take().and_then(|w| w.join().ok()) {
-            Some(warm) => warm,
-            None => self
-                .producer_config
-                .create()
-                .map_err(|e| SinkError::Fatal(format!("sink `{}`: {e}", self.name)))?,
-        };
-        producer
-            .init_transactions(TXN_TIMEOUT)
-            .map_err(|e| self.error("initialise transactions", &e))?;
-        self.fence = self.read_fence()?;
-        self.producer = Some(producer);
+        let connection = match self.connecting.take() {
+            Some(started) => started.join().unwrap_or_else(|_| {
+                Err(SinkError::Retryable(format!(
+                    "sink `{}`: the connecting thread panicked",
+                    self.name
+                )))
+            }),
+            None => {
+                let producer: BaseProducer = self
+                    .producer_config
+                    .create()
+                    .map_err(|e| SinkError::Fatal(format!("sink `{}`: {e}", self.name)))?;
+                Connect {
+                    name: self.name.clone(),
+                    txn_id: self.txn_id.clone(),
+                    config: self.config.clone(),
+                    base: client_config(&self.config.brokers, &self.config.settings),
+                    fence_reader: self.fence_reader.clone(),
+                }
+                .run(producer, self.topic_checked)
+            }
+        }?;
+        self.topic_checked = true;
+        self.fence = connection.fence;
+        self.producer = Some(connection.producer);
         Ok(())
-    }
-
-    fn fence_partition(&self) -> TopicPartitionList {
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&self.config.topic, 0);
-        tpl
-    }
-
-    fn read_fence(&self) -> Result<Option<Epoch>, SinkError> {
-        let committed = self
-            .fence_reader
-            .committed_offsets(self.fence_partition(), REQUEST_TIMEOUT)
-            .map_err(|e| self.error("read the epoch fence", &e))?;
-        Ok(committed
-            .find_partition(&self.config.topic, 0)
-            .and_then(|p| match p.offset() {
-                Offset::Offset(o) if o > 0 => Some(o as Epoch),
-                _ => None,
-            }))
     }
 
     /// Produces `staged` and the fence for `epoch` in one transaction.
@@ -432,6 +505,16 @@ impl KafkaSink {
     }
 }
 
+impl Drop for KafkaSink {
+    fn drop(&mut self) {
+        // A connection still being made would initialise its producer after this sink is gone,
+        // and could fence the next owner of the task, which may start right after.
+        if let Some(connecting) = self.connecting.take() {
+            let _ = connecting.join();
+        }
+    }
+}
+
 impl Sink for KafkaSink {
     fn name(&self) -> &str {
         &self.name
@@ -447,8 +530,9 @@ impl Sink for KafkaSink {
     }
 
     fn recover(&mut self, _committed: Option<Epoch>) -> Result<(), SinkError> {
-        // Aborted transactions are invisible to read_committed readers: nothing to clean.
-        self.connect()
+        // Aborted transactions are invisible to read_committed readers: nothing to clean. The
+        // connection `open` started goes on; the first commit waits for it.
+        Ok(())
     }
 
     fn commit(&mut self, epoch: Epoch, staged: &[u8]) -> Result<(), SinkError> {

@@ -455,13 +455,14 @@ fn start_task(
                 &thread_token,
                 &metrics,
             )
-            .and_then(|(replica, dir)| {
+            .and_then(|(replica, dir, store)| {
                 let job_options = JobOptions {
                     shards,
                     stop: thread_stop,
                     selection: PartitionSelection::Only(vec![partition]),
                     task: Some(thread_task.clone()),
                     state_dir: Some(dir),
+                    store: Some(Arc::new(store)),
                     replica: Some(replica),
                     lease: thread_lease,
                 };
@@ -496,41 +497,42 @@ fn start_task(
 }
 
 /// Opens `task`'s replica under the lease `token` and makes its local state directory hold
-/// the replica's state; returns both.
+/// the replica's state; returns the replica, the directory and its store, open.
 fn open_task(
     topology: &Topology,
     backend: &dyn FleetBackend,
     task: &str,
     token: &str,
     metrics: &FleetMetrics,
-) -> Result<(Arc<dyn CheckpointReplica>, PathBuf), JobError> {
+) -> Result<(Arc<dyn CheckpointReplica>, PathBuf, RocksStateStore), JobError> {
     let replica = backend.replica(task, token).map_err(fleet_to_job)?;
     let dir = task_state_dir(Path::new(&topology.state.dir), task);
-    prepare_local_state(&dir, replica.as_ref(), task, metrics)?;
-    Ok((replica, dir))
+    let store = prepare_local_state(&dir, replica.as_ref(), task, metrics)?;
+    Ok((replica, dir, store))
 }
 
-/// Makes `dir` hold the replica's state: the local store is reused when it holds the same
-/// prepared epoch as the replica (this worker held the task last) and a "committed" marker at
-/// least as recent (the replica receives an epoch's marker with the next epoch's batch), else
-/// it is rebuilt from the replica.
+/// Makes `dir` hold the replica's state and returns its store, open: the local store is
+/// reused when it holds the same prepared epoch as the replica (this worker held the task
+/// last) and a "committed" marker at least as recent (the replica receives an epoch's marker
+/// with the next epoch's batch), else it is rebuilt from the replica.
 fn prepare_local_state(
     dir: &Path,
     replica: &dyn CheckpointReplica,
     task: &str,
     metrics: &FleetMetrics,
-) -> Result<(), JobError> {
+) -> Result<RocksStateStore, JobError> {
     let remote = replica.progress().map_err(fleet_to_job)?;
     if dir.exists() {
-        let local = RocksStateStore::open(dir).and_then(|s| read_progress(&s));
-        match local {
-            Ok(local)
-                if local.prepared == remote.prepared && local.committed >= remote.committed =>
-            {
-                tracing::info!(task, ?remote, "local state is current; reusing it");
-                return Ok(());
+        if let Ok(store) = RocksStateStore::open(dir) {
+            match read_progress(&store) {
+                Ok(local)
+                    if local.prepared == remote.prepared && local.committed >= remote.committed =>
+                {
+                    tracing::info!(task, ?remote, "local state is current; reusing it");
+                    return Ok(store);
+                }
+                _ => {}
             }
-            _ => {}
         }
         std::fs::remove_dir_all(dir)
             .map_err(|e| JobError::Task(format!("cannot clear {}: {e}", dir.display())))?;
@@ -548,7 +550,7 @@ fn prepare_local_state(
         ?remote,
         "state restored from the replica"
     );
-    Ok(())
+    Ok(store)
 }
 
 pub(crate) fn fleet_to_job(e: FleetError) -> JobError {
