@@ -21,7 +21,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::checkpoint::{read_progress, Progress};
-use crate::state::{RocksStateStore, StateBatch, StateStore};
+use crate::state::{RocksStateStore, StateBatch, StateError, StateStore};
 use crate::topology::Topology;
 
 use super::job::{Connectors, Job, JobOptions};
@@ -521,26 +521,48 @@ fn prepare_local_state(
     task: &str,
     metrics: &FleetMetrics,
 ) -> Result<RocksStateStore, JobError> {
-    let remote = replica.progress().map_err(fleet_to_job)?;
-    if dir.exists() {
-        if let Ok(store) = RocksStateStore::open(dir) {
-            match read_progress(&store) {
-                Ok(local)
-                    if local.prepared == remote.prepared && local.committed >= remote.committed =>
-                {
-                    tracing::info!(task, ?remote, "local state is current; reusing it");
-                    return Ok(store);
-                }
-                _ => {}
+    // Opening a store writes and syncs files (tens of milliseconds on a busy machine): it
+    // runs while the replica is asked for its progress.
+    let existed = dir.exists();
+    let (remote, opened) = std::thread::scope(|scope| {
+        let opening = scope.spawn(|| RocksStateStore::open(dir));
+        let remote = replica.progress();
+        let opened = opening.join().unwrap_or_else(|_| {
+            Err(StateError::Store(format!(
+                "opening the state store {} panicked",
+                dir.display()
+            )))
+        });
+        (remote, opened)
+    });
+    let remote = remote.map_err(fleet_to_job)?;
+    let opened = match opened {
+        Ok(store) if existed => match read_progress(&store) {
+            Ok(local)
+                if local.prepared == remote.prepared && local.committed >= remote.committed =>
+            {
+                tracing::info!(task, ?remote, "local state is current; reusing it");
+                return Ok(store);
             }
+            _ => None,
+        },
+        Ok(store) => Some(store),
+        Err(e) if !existed => return Err(e.into()),
+        Err(_) => None,
+    };
+    let store = match opened {
+        Some(store) => store,
+        None => {
+            std::fs::remove_dir_all(dir)
+                .map_err(|e| JobError::Task(format!("cannot clear {}: {e}", dir.display())))?;
+            RocksStateStore::open(dir)?
         }
-        std::fs::remove_dir_all(dir)
-            .map_err(|e| JobError::Task(format!("cannot clear {}: {e}", dir.display())))?;
-    }
+    };
     let started = Instant::now();
-    let store = RocksStateStore::open(dir)?;
     let entries = replica.restore(&store).map_err(fleet_to_job)?;
-    store.flush()?;
+    if entries > 0 {
+        store.flush()?;
+    }
     let restore_ms = started.elapsed().as_millis() as u64;
     metrics.record_restore(entries, restore_ms);
     tracing::info!(
