@@ -188,10 +188,8 @@ fn read_staged(mut bytes: &[u8]) -> Result<Vec<StagedRecord<'_>>, SinkError> {
 
 /// A transactional producer and the fence it keeps.
 pub struct KafkaSink {
-    name: String,
-    config: KafkaSinkConfig,
-    txn_id: String,
-    producer_config: ClientConfig,
+    /// The sink's settings and fence reader, shared with the thread that connects.
+    connector: Arc<Connector>,
     /// The producer; `None` until connected, and after a failure until it is re-created.
     producer: Option<BaseProducer>,
     /// The connection [`KafkaSink::open`] started; taken by the first commit.
@@ -199,7 +197,6 @@ pub struct KafkaSink {
     /// Whether the topic passed its check (or was created); until then every connection
     /// checks it first.
     topic_checked: bool,
-    fence_reader: Arc<BaseConsumer>,
     /// The last epoch known to have landed.
     fence: Option<Epoch>,
     /// For an exchange sink: the topic's partition count. Staged bytes are then exchange items
@@ -213,28 +210,58 @@ struct Connection {
     fence: Option<Epoch>,
 }
 
-/// What connecting needs, owned, so it can run on a thread of its own.
-struct Connect {
+/// A sink's settings and what connecting needs, shared with the thread that connects.
+struct Connector {
     name: String,
     txn_id: String,
     config: KafkaSinkConfig,
+    /// The client settings of the topic check.
     base: ClientConfig,
-    fence_reader: Arc<BaseConsumer>,
+    /// The settings of the sink's transactional producers.
+    producer_config: ClientConfig,
+    /// A consumer of the fence group: reads the fence, and gives the group's metadata to
+    /// `send_offsets_to_transaction`.
+    fence_reader: BaseConsumer,
 }
 
-impl Connect {
+impl Connector {
+    /// A new transactional producer, not yet initialised.
+    fn producer(&self) -> Result<BaseProducer, SinkError> {
+        self.producer_config
+            .create()
+            .map_err(|e| SinkError::Fatal(format!("sink `{}`: {e}", self.name)))
+    }
+
     /// Checks (or creates) the topic unless `topic_checked`, initialises `producer` (fencing
     /// older instances with the same `transactional.id` and settling their open transaction),
     /// then reads the fence.
-    fn run(&self, producer: BaseProducer, topic_checked: bool) -> Result<Connection, SinkError> {
+    fn connect(
+        &self,
+        producer: BaseProducer,
+        topic_checked: bool,
+    ) -> Result<Connection, SinkError> {
         if !topic_checked {
             self.check_topic()?;
         }
         init_transactions(&producer, &self.config.topic, TXN_TIMEOUT)
-            .map_err(|e| sink_error(&self.name, &self.txn_id, "initialise transactions", &e))?;
+            .map_err(|e| self.error("initialise transactions", &e))?;
         let fence = read_fence(&self.fence_reader, &self.config.topic)
-            .map_err(|e| sink_error(&self.name, &self.txn_id, "read the epoch fence", &e))?;
+            .map_err(|e| self.error("read the epoch fence", &e))?;
         Ok(Connection { producer, fence })
+    }
+
+    /// The error of a failed Kafka call: fatal when a newer instance fenced this one,
+    /// retryable otherwise.
+    fn error(&self, what: &str, e: &KafkaError) -> SinkError {
+        let text = format!("sink `{}`: cannot {what}: {e}", self.name);
+        if is_fenced(e) {
+            SinkError::Fatal(format!(
+                "{text} (another worker took this task over with transactional.id {})",
+                self.txn_id
+            ))
+        } else {
+            SinkError::Retryable(text)
+        }
     }
 
     /// The topic exists (created with `create_partitions` if set and missing).
@@ -260,19 +287,6 @@ impl Connect {
             )),
             TopicError::Unavailable(m) => SinkError::Retryable(format!("sink `{name}`: {m}")),
         })
-    }
-}
-
-/// The error of a failed Kafka call of sink `name`: fatal when a newer instance fenced this
-/// one, retryable otherwise.
-fn sink_error(name: &str, txn_id: &str, what: &str, e: &KafkaError) -> SinkError {
-    let text = format!("sink `{name}`: cannot {what}: {e}");
-    if is_fenced(e) {
-        SinkError::Fatal(format!(
-            "{text} (another worker took this task over with transactional.id {txn_id})"
-        ))
-    } else {
-        SinkError::Retryable(text)
     }
 }
 
@@ -323,39 +337,33 @@ impl KafkaSink {
             )
             .set_default("linger.ms", "5")
             .set_default("queue.buffering.max.messages", "1000000");
-        let producer: BaseProducer = producer_config
-            .create()
-            .map_err(|e| SinkError::Fatal(format!("sink `{name}`: {e}")))?;
         let mut fence_config = base.clone();
         fence_config
             .set("group.id", &txn_id)
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed");
-        let fence_reader: Arc<BaseConsumer> = Arc::new(
-            fence_config
-                .create()
-                .map_err(|e| SinkError::Fatal(format!("sink `{name}`: {e}")))?,
-        );
-        let connect = Connect {
+        let fence_reader: BaseConsumer = fence_config
+            .create()
+            .map_err(|e| SinkError::Fatal(format!("sink `{name}`: {e}")))?;
+        let connector = Arc::new(Connector {
             name: name.to_string(),
-            txn_id: txn_id.clone(),
+            txn_id,
             config: config.clone(),
             base,
-            fence_reader: fence_reader.clone(),
-        };
+            producer_config,
+            fence_reader,
+        });
+        let producer = connector.producer()?;
+        let started = connector.clone();
         let connecting = std::thread::Builder::new()
             .name(format!("weir-sink-{name}"))
-            .spawn(move || connect.run(producer, false))
+            .spawn(move || started.connect(producer, false))
             .map_err(|e| SinkError::Fatal(format!("sink `{name}`: cannot start a thread: {e}")))?;
         Ok(KafkaSink {
-            name: name.to_string(),
-            config: config.clone(),
-            txn_id,
-            producer_config,
+            connector,
             producer: None,
             connecting: Some(connecting),
             topic_checked: false,
-            fence_reader,
             fence: None,
             exchange: None,
         })
@@ -400,17 +408,19 @@ impl KafkaSink {
         partitions: u32,
         staged: &[u8],
     ) -> Result<(), SinkError> {
-        let items = exchange::read_staged(staged)
-            .map_err(|e| SinkError::Fatal(format!("sink `{}`: staged items: {e}", self.name)))?;
+        let items = exchange::read_staged(staged).map_err(|e| {
+            SinkError::Fatal(format!("sink `{}`: staged items: {e}", self.connector.name))
+        })?;
         for item in items {
             let targets = match item.partition {
                 Some(p) => p..p + 1,
                 None => 0..partitions,
             };
             for partition in targets {
-                let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.config.topic)
-                    .payload(item.value)
-                    .partition(partition as i32);
+                let mut record: BaseRecord<'_, [u8], [u8]> =
+                    BaseRecord::to(&self.connector.config.topic)
+                        .payload(item.value)
+                        .partition(partition as i32);
                 if !item.key.is_empty() {
                     record = record.key(item.key);
                 }
@@ -421,7 +431,7 @@ impl KafkaSink {
     }
 
     fn error(&self, what: &str, e: &KafkaError) -> SinkError {
-        sink_error(&self.name, &self.txn_id, what, e)
+        self.connector.error(what, e)
     }
 
     /// Makes `self.producer` an initialised producer with the fence read after it: the
@@ -433,23 +443,12 @@ impl KafkaSink {
             Some(started) => started.join().unwrap_or_else(|_| {
                 Err(SinkError::Retryable(format!(
                     "sink `{}`: the connecting thread panicked",
-                    self.name
+                    self.connector.name
                 )))
             }),
-            None => {
-                let producer: BaseProducer = self
-                    .producer_config
-                    .create()
-                    .map_err(|e| SinkError::Fatal(format!("sink `{}`: {e}", self.name)))?;
-                Connect {
-                    name: self.name.clone(),
-                    txn_id: self.txn_id.clone(),
-                    config: self.config.clone(),
-                    base: client_config(&self.config.brokers, &self.config.settings),
-                    fence_reader: self.fence_reader.clone(),
-                }
-                .run(producer, self.topic_checked)
-            }
+            None => self
+                .connector
+                .connect(self.connector.producer()?, self.topic_checked),
         }?;
         self.topic_checked = true;
         self.fence = connection.fence;
@@ -478,9 +477,10 @@ impl KafkaSink {
                         value: Some(*value),
                     });
                 }
-                let mut base: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.config.topic)
-                    .payload(record.value)
-                    .headers(headers);
+                let mut base: BaseRecord<'_, [u8], [u8]> =
+                    BaseRecord::to(&self.connector.config.topic)
+                        .payload(record.value)
+                        .headers(headers);
                 if let Some(key) = record.key {
                     base = base.key(key);
                 }
@@ -489,9 +489,14 @@ impl KafkaSink {
         }
         let mut fence = TopicPartitionList::new();
         fence
-            .add_partition_offset(&self.config.topic, 0, Offset::Offset(epoch as i64))
+            .add_partition_offset(
+                &self.connector.config.topic,
+                0,
+                Offset::Offset(epoch as i64),
+            )
             .map_err(|e| SinkError::Fatal(e.to_string()))?;
         let group = self
+            .connector
             .fence_reader
             .group_metadata()
             .ok_or_else(|| SinkError::Fatal("no group metadata for the epoch fence".into()))?;
@@ -517,7 +522,7 @@ impl Drop for KafkaSink {
 
 impl Sink for KafkaSink {
     fn name(&self) -> &str {
-        &self.name
+        &self.connector.name
     }
 
     fn encoder(&self) -> Box<dyn SinkEncoder> {
@@ -525,7 +530,7 @@ impl Sink for KafkaSink {
             return Box::new(NoEncoder);
         }
         Box::new(KafkaEncoder {
-            key_fields: self.config.key.clone(),
+            key_fields: self.connector.config.key.clone(),
         })
     }
 
@@ -556,7 +561,7 @@ impl Sink for KafkaSink {
                 // transaction, and reads the fence again before producing anything.
                 let _ = producer.abort_transaction(Duration::from_secs(5));
                 let retryable = matches!(e, SinkError::Retryable(_));
-                tracing::warn!(sink = %self.name, epoch, error = %e, retryable, "Kafka transaction failed");
+                tracing::warn!(sink = %self.connector.name, epoch, error = %e, retryable, "Kafka transaction failed");
                 Err(e)
             }
         }
