@@ -332,6 +332,18 @@ impl<'a> Parser<'a> {
             .map_err(|e| self.err_at(start + e.valid_up_to(), "invalid UTF-8"))
     }
 
+    /// The text of `bytes[start..end]`, a run [`Parser::plain_run`] returned: that scan has
+    /// already validated it as UTF-8, so it is not validated a second time.
+    #[inline]
+    fn plain_text(&self, start: usize, end: usize) -> &'a str {
+        let bytes = self.bytes.get(start..end).unwrap_or_default();
+        debug_assert!(std::str::from_utf8(bytes).is_ok());
+        // SAFETY: `plain_run` stops at the first byte that is not plain ASCII or the start of
+        // a multi-byte character it validated whole (`utf8_char`), so every run it returns is
+        // a sequence of complete, valid UTF-8 characters.
+        unsafe { std::str::from_utf8_unchecked(bytes) }
+    }
+
     #[inline]
     fn peek(&self) -> Option<u8> {
         self.bytes.get(self.pos).copied()
@@ -541,7 +553,7 @@ impl<'a> Parser<'a> {
         match self.peek() {
             Some(b'"') => {
                 self.pos += 1;
-                Ok(Value::Str(CompactString::new(self.text(start, end)?)))
+                Ok(Value::Str(CompactString::new(self.plain_text(start, end))))
             }
             Some(b'\\') => {
                 scratch.clear();
@@ -2084,6 +2096,33 @@ mod tests {
                 }
                 if let Ok(mut d) = CsvDecoder::new(&c, b"ts,key,value") {
                     let _ = d.decode(&bytes);
+                }
+            }
+
+            /// A string value is taken exactly when its bytes are valid UTF-8 with no quote,
+            /// backslash or control character, and then equals them: the scan that validates
+            /// it is the only check its text gets (`Parser::plain_text`).
+            #[test]
+            fn a_plain_string_value_is_taken_exactly_when_it_is_valid_utf8(
+                body in proptest::collection::vec(
+                    proptest::sample::select(vec![
+                        b'a', b' ', b'~', 0x1f, 0x7f, 0xc3, 0xa9, 0xe4, 0xb8, 0xad, 0xf0, 0x9f,
+                        0x98, 0x80, 0xed, 0xa0, 0xc0, 0xaf, 0xf5, 0xff,
+                    ]),
+                    0..24,
+                ),
+            ) {
+                let mut line = b"{\"key\":\"".to_vec();
+                line.extend_from_slice(&body);
+                line.extend_from_slice(b"\",\"ts_ms\":1700000000000}");
+                let decoded = JsonDecoder::new(&bench_ctx()).decode(&line);
+                let plain = body.iter().all(|&b| b >= 0x20);
+                match std::str::from_utf8(&body) {
+                    Ok(text) if plain => {
+                        let record = decoded.map_err(|e| TestCaseError::fail(e.0))?;
+                        prop_assert_eq!(record.fields.first(), Some(&s(text)));
+                    }
+                    _ => prop_assert!(decoded.is_err(), "{:?} was taken", body),
                 }
             }
 
