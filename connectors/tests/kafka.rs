@@ -40,6 +40,14 @@ fn brokers() -> String {
 }
 
 /// A name no other test run uses.
+/// The scope of task `task` of a job of its own.
+fn task_scope(task: &str) -> SinkScope {
+    SinkScope {
+        job: unique("job"),
+        task: task.into(),
+    }
+}
+
 fn unique(name: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -588,10 +596,7 @@ fn counts(records: &[(Option<String>, String)]) -> BTreeMap<String, usize> {
 #[test]
 fn sink_commits_each_epoch_once_even_when_committed_again() {
     let topic = unique("sink");
-    let scope = SinkScope {
-        job: unique("job"),
-        task: "p0".into(),
-    };
+    let scope = task_scope("p0");
     let mut sink = KafkaSink::open("out", &scope, &sink_config(&topic)).unwrap();
     sink.recover(None).unwrap();
     let e1 = stage(&sink, &["a", "b"]);
@@ -618,10 +623,7 @@ fn a_sink_topic_that_does_not_exist_fails_the_first_commit_naming_its_yaml_path(
     // The sink connects in the background from `open` on; its first commit reports what
     // connecting found, and a missing topic (no `create_partitions`) is not retried.
     let topic = unique("absent");
-    let scope = SinkScope {
-        job: unique("job"),
-        task: "p0".into(),
-    };
+    let scope = task_scope("p0");
     let options = serde_json::json!({"brokers": brokers(), "topic": topic, "key": ["user"]});
     let config = KafkaSinkConfig::from_options("sinks.out", options.as_object().unwrap()).unwrap();
     let mut sink = KafkaSink::open("out", &scope, &config).unwrap();
@@ -635,10 +637,7 @@ fn a_sink_topic_that_does_not_exist_fails_the_first_commit_naming_its_yaml_path(
 #[test]
 fn a_zombie_sink_is_fenced_and_its_open_transaction_is_invisible() {
     let topic = unique("zombie");
-    let scope = SinkScope {
-        job: unique("job"),
-        task: "p1".into(),
-    };
+    let scope = task_scope("p1");
     let config = sink_config(&topic);
     let mut old = KafkaSink::open("out", &scope, &config).unwrap();
     old.recover(None).unwrap();
