@@ -15,7 +15,7 @@ use crate::event::FieldSlots;
 use crate::state::{RocksStateStore, StateStore};
 use crate::time::PartitionWatermark;
 use crate::topology::{SinkSpec, SourceSpec, Topology};
-use crate::window::WindowOperator;
+use crate::window::{WindowOperator, WindowOperatorSpec};
 
 use super::coordinator::{Coordinator, EpochCommit, SourceHandle};
 use super::exchange::{Exchange, ExchangeRequest};
@@ -23,10 +23,10 @@ use super::fleet::{CheckpointReplica, LeaseGuard};
 use super::messages::CoordMessage;
 use super::metrics::{JobMetrics, MetricsSnapshot};
 use super::plan::PipelinePlan;
-use super::shard_task::ShardTask;
+use super::shard_task::{InlineShard, Shard, ShardTask};
 use super::sink::{Sink, SinkError, SinkScope};
 use super::source::{DecodeContext, PartitionSelection, SourceError, SourcePartition};
-use super::source_task::{ExchangeRoute, Route, SourceTask};
+use super::source_task::{ExchangeRoute, Route, ShardLink, SourceTask};
 use super::staging::{SinkIndex, Staging};
 use super::JobError;
 
@@ -266,6 +266,7 @@ impl Job {
             metrics: metrics.clone(),
             source_tasks: Vec::new(),
             shard_tasks: Vec::new(),
+            shard_count: 0,
             handles: Vec::new(),
         };
         for (source_name, source_spec) in &topology.sources {
@@ -367,6 +368,7 @@ impl Job {
         let Tasks {
             source_tasks,
             shard_tasks,
+            shard_count,
             handles,
             ..
         } = tasks;
@@ -375,7 +377,7 @@ impl Job {
             store,
             sinks,
             sources: handles,
-            shard_count: shard_tasks.len(),
+            shard_count,
             acks: coord_rx,
             interval: Duration::from_millis(topology.checkpoint.interval.as_millis().max(1)),
             next_epoch: next_epoch(&progress),
@@ -473,7 +475,10 @@ struct Tasks<'a> {
     coordinator: Sender<CoordMessage>,
     metrics: Arc<JobMetrics>,
     source_tasks: Vec<SourceTask>,
+    /// The shards on threads of their own.
     shard_tasks: Vec<ShardTask>,
+    /// Every shard of the job, those run on a source task's thread included.
+    shard_count: usize,
     handles: Vec<SourceHandle>,
 }
 
@@ -527,33 +532,55 @@ impl Tasks<'_> {
             }
             return Ok(());
         };
+        if let [partition_routes] = routes {
+            if self.shards == 1 {
+                // One partition feeds the pipeline's one shard: the shard runs on the source
+                // task's thread, without a channel between them.
+                let shard = self.shard(operator_spec, 0, &result_sinks, late_sink)?;
+                let link = ShardLink::Inline(Box::new(InlineShard::new(shard)));
+                partition_routes.push(Route::new(plan.clone(), vec![link]));
+                return Ok(());
+            }
+        }
         let mut shard_inputs: Vec<Vec<_>> = (0..self.shards).map(|_| Vec::new()).collect();
         for partition_routes in routes.iter_mut() {
             let mut outputs = Vec::with_capacity(self.shards as usize);
             for inputs in shard_inputs.iter_mut() {
                 let (tx, rx) = bounded(CHANNEL_BATCHES);
-                outputs.push(tx);
+                outputs.push(ShardLink::Channel(tx));
                 inputs.push(rx);
             }
             partition_routes.push(Route::new(plan.clone(), outputs));
         }
-        for (shard, inputs) in shard_inputs.into_iter().enumerate() {
-            let mut op_spec = operator_spec.clone();
-            op_spec.shard = shard as u32;
-            let operator = Box::new(WindowOperator::new(op_spec, self.store.clone())?);
-            let staging = self.staging();
-            self.shard_tasks.push(ShardTask {
-                task: self.shard_tasks.len(),
-                operator,
-                inputs,
-                staging,
-                result_sinks: result_sinks.clone(),
-                late_sink,
-                coordinator: self.coordinator.clone(),
-                metrics: self.metrics.clone(),
-            });
+        for (index, inputs) in shard_inputs.into_iter().enumerate() {
+            let shard = self.shard(operator_spec, index as u32, &result_sinks, late_sink)?;
+            self.shard_tasks.push(ShardTask { shard, inputs });
         }
         Ok(())
+    }
+
+    /// Shard `index` of a pipeline's windows, numbered next in the job.
+    fn shard(
+        &mut self,
+        operator_spec: &WindowOperatorSpec,
+        index: u32,
+        result_sinks: &[SinkIndex],
+        late_sink: Option<SinkIndex>,
+    ) -> Result<Shard, JobError> {
+        let mut op_spec = operator_spec.clone();
+        op_spec.shard = index;
+        let operator = Box::new(WindowOperator::new(op_spec, self.store.clone())?);
+        let task = self.shard_count;
+        self.shard_count += 1;
+        Ok(Shard {
+            task,
+            operator,
+            staging: self.staging(),
+            result_sinks: result_sinks.to_vec(),
+            late_sink,
+            coordinator: self.coordinator.clone(),
+            metrics: self.metrics.clone(),
+        })
     }
 
     /// One source task per partition, positions stored under `source`.

@@ -1,5 +1,7 @@
-//! A shard task: owns one slice of a pipeline's keys and their window state, aligns
-//! checkpoint barriers across its inputs, and stages its outputs for the epoch.
+//! A shard: owns one slice of a pipeline's keys and their window state, aligns checkpoint
+//! barriers across its inputs, and stages its outputs for the epoch. A shard runs on a thread
+//! of its own ([`ShardTask`]), or, when its one input is one source task's, on that source
+//! task's thread ([`InlineShard`]): the same work without a channel and a thread between them.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -7,7 +9,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Select, Sender};
 
 use crate::checkpoint::Epoch;
-use crate::event::Output;
+use crate::event::{KeyedRecord, Output, Timestamp};
 use crate::state::{StateBatch, StateError};
 use crate::time::WatermarkHolder;
 
@@ -20,10 +22,11 @@ use super::wall_clock_ms;
 /// How often rate-limited `on_update` results are flushed.
 const PROCESSING_TICK: Duration = Duration::from_millis(20);
 
-pub(crate) struct ShardTask {
+/// What a shard owns, wherever it runs: its operator and the outputs it stages.
+pub(crate) struct Shard {
+    /// Index of the shard in the job (the coordinator's index of its acks).
     pub task: usize,
     pub operator: Box<dyn Operator>,
-    pub inputs: Vec<Receiver<ShardMessage>>,
     pub staging: Staging,
     pub result_sinks: Vec<SinkIndex>,
     pub late_sink: Option<SinkIndex>,
@@ -31,13 +34,108 @@ pub(crate) struct ShardTask {
     pub metrics: Arc<JobMetrics>,
 }
 
+/// Stages one operator output for its sinks.
+fn emit(
+    out: Output,
+    staging: &mut Staging,
+    result_sinks: &[SinkIndex],
+    late_sink: Option<SinkIndex>,
+    metrics: &JobMetrics,
+) {
+    match &out {
+        Output::Result(_) => {
+            JobMetrics::add(&metrics.results_out, 1);
+            for &s in result_sinks {
+                staging.stage(s, &out);
+            }
+        }
+        Output::Late(_) => {
+            JobMetrics::add(&metrics.late_events, 1);
+            if let Some(s) = late_sink {
+                staging.stage(s, &out);
+            }
+        }
+        Output::DeadLetter(_) | Output::Event(_) => {}
+    }
+}
+
+impl Shard {
+    /// Adds one record to the operator.
+    fn process(&mut self, rec: KeyedRecord) -> Result<(), StateError> {
+        let Shard {
+            operator,
+            staging,
+            result_sinks,
+            late_sink,
+            metrics,
+            ..
+        } = self;
+        operator.process(rec, &mut |o| {
+            emit(o, staging, result_sinks, *late_sink, metrics)
+        })
+    }
+
+    /// Advances the operator's event time to `watermark`.
+    fn advance_watermark(&mut self, watermark: Timestamp) -> Result<(), StateError> {
+        let Shard {
+            operator,
+            staging,
+            result_sinks,
+            late_sink,
+            metrics,
+            ..
+        } = self;
+        operator.advance_watermark(watermark, &mut |o| {
+            emit(o, staging, result_sinks, *late_sink, metrics)
+        })
+    }
+
+    /// Emits what is due at the current processing time.
+    fn on_processing_time(&mut self) -> Result<(), StateError> {
+        let Shard {
+            operator,
+            staging,
+            result_sinks,
+            late_sink,
+            metrics,
+            ..
+        } = self;
+        operator.on_processing_time(wall_clock_ms(), &mut |o| {
+            emit(o, staging, result_sinks, *late_sink, metrics)
+        })
+    }
+
+    /// Acknowledges `epoch` to the coordinator with the state changes and outputs since the
+    /// last acknowledgement. `Ok(false)`: the coordinator is gone.
+    fn ack(&mut self, epoch: Epoch, watermark: Timestamp) -> Result<bool, StateError> {
+        let mut state = StateBatch::default();
+        self.operator.snapshot(&mut state)?;
+        let stats = self.operator.stats();
+        let ack = ShardAck {
+            epoch,
+            task: self.task,
+            state,
+            staged: self.staging.take(),
+            open_windows: stats.open_windows,
+            watermark,
+        };
+        Ok(self.coordinator.send(CoordMessage::Shard(ack)).is_ok())
+    }
+}
+
+/// A shard on a thread of its own, fed by channels from its inputs (one per source task).
+pub(crate) struct ShardTask {
+    pub shard: Shard,
+    pub inputs: Vec<Receiver<ShardMessage>>,
+}
+
 impl ShardTask {
     /// Runs until every input is disconnected. Errors are reported to the coordinator.
     pub fn run(mut self) {
         if let Err(e) = self.run_inner() {
-            let _ = self.coordinator.send(CoordMessage::Failed(format!(
+            let _ = self.shard.coordinator.send(CoordMessage::Failed(format!(
                 "shard task {}: {e}",
-                self.task
+                self.shard.task
             )));
         }
     }
@@ -49,31 +147,7 @@ impl ShardTask {
         let mut barrier_at: Vec<Option<Epoch>> = vec![None; n];
         let mut connected = vec![true; n];
         let mut last_tick = Instant::now();
-        let ShardTask {
-            task,
-            operator,
-            inputs,
-            staging,
-            result_sinks,
-            late_sink,
-            coordinator,
-            metrics,
-        } = self;
-        let mut emit = |out: Output, staging: &mut Staging| match &out {
-            Output::Result(_) => {
-                JobMetrics::add(&metrics.results_out, 1);
-                for &s in result_sinks.iter() {
-                    staging.stage(s, &out);
-                }
-            }
-            Output::Late(_) => {
-                JobMetrics::add(&metrics.late_events, 1);
-                if let Some(s) = late_sink {
-                    staging.stage(*s, &out);
-                }
-            }
-            Output::DeadLetter(_) | Output::Event(_) => {}
-        };
+        let ShardTask { shard, inputs } = self;
 
         loop {
             let mut select = Select::new();
@@ -94,17 +168,17 @@ impl ShardTask {
                     Err(_) => connected[input] = false,
                     Ok(ShardMessage::Records(records)) => {
                         for rec in records {
-                            operator.process(rec, &mut |o| emit(o, staging))?;
+                            shard.process(rec)?;
                         }
                     }
                     Ok(ShardMessage::Watermark(wm)) => {
                         if let Some(w) = holder.update(input, wm) {
-                            operator.advance_watermark(w, &mut |o| emit(o, staging))?;
+                            shard.advance_watermark(w)?;
                         }
                     }
                     Ok(ShardMessage::Idle(idle)) => {
                         if let Some(w) = holder.set_idle(input, idle) {
-                            operator.advance_watermark(w, &mut |o| emit(o, staging))?;
+                            shard.advance_watermark(w)?;
                         }
                     }
                     Ok(ShardMessage::Barrier(epoch)) => barrier_at[input] = Some(epoch),
@@ -112,30 +186,86 @@ impl ShardTask {
             }
             if last_tick.elapsed() >= PROCESSING_TICK {
                 last_tick = Instant::now();
-                operator.on_processing_time(wall_clock_ms(), &mut |o| emit(o, staging))?;
+                shard.on_processing_time()?;
             }
             // Aligned: every connected input has delivered the same barrier.
             let epoch = barrier_at.iter().flatten().next().copied();
             if let Some(epoch) = epoch {
                 let aligned = (0..n).all(|i| !connected[i] || barrier_at[i] == Some(epoch));
                 if aligned {
-                    let mut state = StateBatch::default();
-                    operator.snapshot(&mut state)?;
-                    let stats = operator.stats();
-                    let ack = ShardAck {
-                        epoch,
-                        task: *task,
-                        state,
-                        staged: staging.take(),
-                        open_windows: stats.open_windows,
-                        watermark: holder.watermark(),
-                    };
-                    if coordinator.send(CoordMessage::Shard(ack)).is_err() {
+                    if !shard.ack(epoch, holder.watermark())? {
                         return Ok(());
                     }
                     barrier_at.iter_mut().for_each(|b| *b = None);
                 }
             }
         }
+    }
+}
+
+/// A shard whose one input is one source task, run by that task on its own thread: each
+/// message is handled when the source task would have sent it, so the shard sees the same
+/// sequence a [`ShardTask`] with that one input would.
+pub(crate) struct InlineShard {
+    shard: Shard,
+    holder: WatermarkHolder,
+    last_tick: Instant,
+}
+
+impl InlineShard {
+    /// Runs `shard` on its input's source task.
+    pub fn new(shard: Shard) -> Self {
+        InlineShard {
+            shard,
+            holder: WatermarkHolder::new(1),
+            last_tick: Instant::now(),
+        }
+    }
+
+    /// The shard's index in the job.
+    pub fn task(&self) -> usize {
+        self.shard.task
+    }
+
+    /// Adds one record.
+    pub fn process(&mut self, rec: KeyedRecord) -> Result<(), StateError> {
+        self.shard.process(rec)
+    }
+
+    /// Handles `msg` as a [`ShardTask`] would on receiving it; a barrier is acknowledged at
+    /// once (there is no other input to align with).
+    pub fn handle(&mut self, msg: ShardMessage) -> Result<(), StateError> {
+        match msg {
+            ShardMessage::Records(records) => {
+                for rec in records {
+                    self.shard.process(rec)?;
+                }
+            }
+            ShardMessage::Watermark(wm) => {
+                if let Some(w) = self.holder.update(0, wm) {
+                    self.shard.advance_watermark(w)?;
+                }
+            }
+            ShardMessage::Idle(idle) => {
+                if let Some(w) = self.holder.set_idle(0, idle) {
+                    self.shard.advance_watermark(w)?;
+                }
+            }
+            ShardMessage::Barrier(epoch) => {
+                // A coordinator that is gone is noticed by the source task's own ack.
+                self.shard.ack(epoch, self.holder.watermark())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Emits what is due at processing time, at most once per tick; the source task calls it
+    /// on every turn of its loop.
+    pub fn tick(&mut self) -> Result<(), StateError> {
+        if self.last_tick.elapsed() >= PROCESSING_TICK {
+            self.last_tick = Instant::now();
+            self.shard.on_processing_time()?;
+        }
+        Ok(())
     }
 }

@@ -15,6 +15,7 @@ use super::exchange;
 use super::messages::{CoordMessage, ShardMessage, SourceAck, SourceControl};
 use super::metrics::JobMetrics;
 use super::plan::{PipelinePlan, Rejection};
+use super::shard_task::InlineShard;
 use super::source::{PollStatus, SourceBatch, SourceError, SourcePartition};
 use super::staging::{SinkIndex, Staging};
 use super::wall_clock_ms;
@@ -22,10 +23,18 @@ use super::wall_clock_ms;
 /// Records per poll and per shard batch.
 const BATCH: usize = 1024;
 
-/// One pipeline fed by a source task: its plan and a channel to each of its shards.
+/// How a source task reaches one shard of a pipeline.
+pub(crate) enum ShardLink {
+    /// A shard task on a thread of its own.
+    Channel(Sender<ShardMessage>),
+    /// The pipeline's one shard, fed by this source task alone: run on its thread.
+    Inline(Box<InlineShard>),
+}
+
+/// One pipeline fed by a source task: its plan and a link to each of its shards.
 pub(crate) struct Route {
     pub plan: Arc<PipelinePlan>,
-    pub shards: Vec<Sender<ShardMessage>>,
+    pub shards: Vec<ShardLink>,
     /// Records waiting to be sent, per shard.
     pending: Vec<Vec<KeyedRecord>>,
     /// For a windowless pipeline (no shards): the sinks its events go to.
@@ -47,7 +56,7 @@ pub(crate) struct ExchangeRoute {
 }
 
 impl Route {
-    pub fn new(plan: Arc<PipelinePlan>, shards: Vec<Sender<ShardMessage>>) -> Self {
+    pub fn new(plan: Arc<PipelinePlan>, shards: Vec<ShardLink>) -> Self {
         let pending = shards.iter().map(|_| Vec::new()).collect();
         Route {
             plan,
@@ -80,11 +89,14 @@ impl Route {
         }
     }
 
-    fn send(&self, shard: usize, msg: ShardMessage) -> Result<(), SourceError> {
-        match self.shards.get(shard) {
-            Some(tx) => tx
+    fn send(&mut self, shard: usize, msg: ShardMessage) -> Result<(), SourceError> {
+        match self.shards.get_mut(shard) {
+            Some(ShardLink::Channel(tx)) => tx
                 .send(msg)
                 .map_err(|_| SourceError::Fatal("shard task is gone".into())),
+            Some(ShardLink::Inline(inline)) => {
+                inline.handle(msg).map_err(|e| shard_failed(inline, e))
+            }
             None => Ok(()),
         }
     }
@@ -99,15 +111,38 @@ impl Route {
         Ok(())
     }
 
-    fn broadcast(&self, msg: &ShardMessage) -> Result<(), SourceError> {
+    fn broadcast(&mut self, msg: &ShardMessage) -> Result<(), SourceError> {
         for shard in 0..self.shards.len() {
             self.send(shard, clone_control(msg))?;
         }
         Ok(())
     }
 
-    /// Queues `record` (checked by the plan) for its key's shard.
+    /// Runs the processing-time work of the shards on this thread.
+    fn tick(&mut self) -> Result<(), SourceError> {
+        for link in self.shards.iter_mut() {
+            if let ShardLink::Inline(inline) = link {
+                inline.tick().map_err(|e| shard_failed(inline, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues `record` (checked by the plan) for its key's shard, or adds it to the shard at
+    /// once when the shard runs on this thread.
     fn push(&mut self, record: Record, partition_watermark: Timestamp) -> Result<(), SourceError> {
+        if let [ShardLink::Inline(inline)] = self.shards.as_mut_slice() {
+            // The key is built once and hashed from its bytes: there is no shard to choose.
+            let mut key = Key::default();
+            self.plan.set_key(&record, &mut key);
+            let keyed = KeyedRecord {
+                key_hash: key.stable_hash(),
+                key,
+                record,
+                partition_watermark,
+            };
+            return inline.process(keyed).map_err(|e| shard_failed(inline, e));
+        }
         let key_hash = self.plan.key_hash(&record);
         let shard = (key_hash % self.shards.len().max(1) as u64) as usize;
         if let Some(buf) = self.pending.get_mut(shard) {
@@ -168,6 +203,7 @@ impl SourceTask {
         self.broadcast(ShardMessage::Watermark(sent_watermark))?;
 
         loop {
+            self.routes.iter_mut().try_for_each(Route::tick)?;
             // Control first: a barrier goes out at a record boundary, after everything read so far.
             let wait = if ended || idle {
                 Duration::from_millis(20)
@@ -461,9 +497,14 @@ impl SourceTask {
         self.routes.iter_mut().try_for_each(Route::flush)
     }
 
-    fn broadcast(&self, msg: ShardMessage) -> Result<(), SourceError> {
-        self.routes.iter().try_for_each(|r| r.broadcast(&msg))
+    fn broadcast(&mut self, msg: ShardMessage) -> Result<(), SourceError> {
+        self.routes.iter_mut().try_for_each(|r| r.broadcast(&msg))
     }
+}
+
+/// A failure of a shard run on the source task's thread, as the shard's own thread reports it.
+fn shard_failed(inline: &InlineShard, e: crate::state::StateError) -> SourceError {
+    SourceError::Fatal(format!("shard task {}: {e}", inline.task()))
 }
 
 fn hex(bytes: &[u8]) -> String {

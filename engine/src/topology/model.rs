@@ -459,8 +459,8 @@ impl Default for CheckpointConfig {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ParallelismConfig {
-    /// Keyed shards per pipeline (threads owning a slice of the keys). Default: the number of
-    /// cores.
+    /// Keyed shards per pipeline (threads owning a slice of the keys; a single shard fed by a
+    /// single partition runs on that partition's source thread). Default: the number of cores.
     #[serde(default)]
     pub shards: Option<u32>,
 }
