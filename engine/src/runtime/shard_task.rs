@@ -60,8 +60,11 @@ fn emit(
 }
 
 impl Shard {
-    /// Adds one record to the operator.
-    fn process(&mut self, rec: KeyedRecord) -> Result<(), StateError> {
+    /// Runs `f` on the operator with an output callback that stages what it emits.
+    fn with_outputs<R>(
+        &mut self,
+        f: impl FnOnce(&mut dyn Operator, &mut dyn FnMut(Output)) -> R,
+    ) -> R {
         let Shard {
             operator,
             staging,
@@ -70,39 +73,24 @@ impl Shard {
             metrics,
             ..
         } = self;
-        operator.process(rec, &mut |o| {
+        f(operator.as_mut(), &mut |o| {
             emit(o, staging, result_sinks, *late_sink, metrics)
         })
+    }
+
+    /// Adds one record to the operator.
+    fn process(&mut self, rec: KeyedRecord) -> Result<(), StateError> {
+        self.with_outputs(|op, out| op.process(rec, out))
     }
 
     /// Advances the operator's event time to `watermark`.
     fn advance_watermark(&mut self, watermark: Timestamp) -> Result<(), StateError> {
-        let Shard {
-            operator,
-            staging,
-            result_sinks,
-            late_sink,
-            metrics,
-            ..
-        } = self;
-        operator.advance_watermark(watermark, &mut |o| {
-            emit(o, staging, result_sinks, *late_sink, metrics)
-        })
+        self.with_outputs(|op, out| op.advance_watermark(watermark, out))
     }
 
     /// Emits what is due at the current processing time.
     fn on_processing_time(&mut self) -> Result<(), StateError> {
-        let Shard {
-            operator,
-            staging,
-            result_sinks,
-            late_sink,
-            metrics,
-            ..
-        } = self;
-        operator.on_processing_time(wall_clock_ms(), &mut |o| {
-            emit(o, staging, result_sinks, *late_sink, metrics)
-        })
+        self.with_outputs(|op, out| op.on_processing_time(wall_clock_ms(), out))
     }
 
     /// Acknowledges `epoch` to the coordinator with the state changes and outputs since the
