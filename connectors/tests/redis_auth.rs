@@ -31,6 +31,31 @@ struct AuthRedis {
 
 impl AuthRedis {
     fn start() -> AuthRedis {
+        // A port found free can be taken again before the server binds it (another test's
+        // server or an outgoing connection), and a bare TCP connect can succeed before the
+        // server answers: the server counts as up once an authenticated PING is answered, and
+        // a server that exited is started again on another port.
+        for _ in 0..5 {
+            if let Some(server) = AuthRedis::try_start() {
+                let mut admin = server.admin();
+                redis::cmd("ACL")
+                    .arg("SETUSER")
+                    .arg(USER)
+                    .arg("on")
+                    .arg(format!(">{USER_PASSWORD}"))
+                    .arg("~*")
+                    .arg("&*")
+                    .arg("+@all")
+                    .query::<()>(&mut admin)
+                    .unwrap();
+                return server;
+            }
+        }
+        panic!("redis-server did not start on any of 5 ports");
+    }
+
+    /// Starts a server on a free port; `None` if it exited before answering.
+    fn try_start() -> Option<AuthRedis> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -45,31 +70,28 @@ impl AuthRedis {
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server on PATH (apt-get install redis-server)");
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let server = AuthRedis {
+        let mut server = AuthRedis {
             port,
             child,
             _dir: dir,
         };
-        let mut admin = server.admin();
-        redis::cmd("ACL")
-            .arg("SETUSER")
-            .arg(USER)
-            .arg("on")
-            .arg(format!(">{USER_PASSWORD}"))
-            .arg("~*")
-            .arg("&*")
-            .arg("+@all")
-            .query::<()>(&mut admin)
-            .unwrap();
-        server
+        let started = Instant::now();
+        loop {
+            if server.child.try_wait().ok().flatten().is_some() {
+                return None;
+            }
+            let ping = server
+                .try_admin()
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+            if ping.is_ok() {
+                return Some(server);
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis-server did not answer on port {port} within 10 s: {ping:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The URL without credentials: they come from the `username`/`password` options.
@@ -78,10 +100,12 @@ impl AuthRedis {
     }
 
     fn admin(&self) -> redis::Connection {
-        redis::Client::open(format!("redis://:{ADMIN_PASSWORD}@127.0.0.1:{}", self.port))
-            .unwrap()
+        self.try_admin().unwrap()
+    }
+
+    fn try_admin(&self) -> redis::RedisResult<redis::Connection> {
+        redis::Client::open(format!("redis://:{ADMIN_PASSWORD}@127.0.0.1:{}", self.port))?
             .get_connection()
-            .unwrap()
     }
 }
 
