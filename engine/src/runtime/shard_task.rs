@@ -16,6 +16,7 @@ use crate::time::WatermarkHolder;
 use super::messages::{CoordMessage, ShardAck, ShardMessage};
 use super::metrics::JobMetrics;
 use super::operator::Operator;
+use super::source::SourceError;
 use super::staging::{SinkIndex, Staging};
 use super::wall_clock_ms;
 
@@ -210,19 +211,18 @@ impl InlineShard {
         }
     }
 
-    /// The shard's index in the job.
-    pub fn task(&self) -> usize {
-        self.shard.task
-    }
-
     /// Adds one record.
-    pub fn process(&mut self, rec: KeyedRecord) -> Result<(), StateError> {
-        self.shard.process(rec)
+    pub fn process(&mut self, rec: KeyedRecord) -> Result<(), SourceError> {
+        self.shard.process(rec).map_err(|e| self.failed(e))
     }
 
     /// Handles `msg` as a [`ShardTask`] would on receiving it; a barrier is acknowledged at
     /// once (there is no other input to align with).
-    pub fn handle(&mut self, msg: ShardMessage) -> Result<(), StateError> {
+    pub fn handle(&mut self, msg: ShardMessage) -> Result<(), SourceError> {
+        self.handle_inner(msg).map_err(|e| self.failed(e))
+    }
+
+    fn handle_inner(&mut self, msg: ShardMessage) -> Result<(), StateError> {
         match msg {
             ShardMessage::Records(records) => {
                 for rec in records {
@@ -249,11 +249,18 @@ impl InlineShard {
 
     /// Emits what is due at processing time, at most once per tick; the source task calls it
     /// on every turn of its loop.
-    pub fn tick(&mut self) -> Result<(), StateError> {
+    pub fn tick(&mut self) -> Result<(), SourceError> {
         if self.last_tick.elapsed() >= PROCESSING_TICK {
             self.last_tick = Instant::now();
-            self.shard.on_processing_time()?;
+            self.shard
+                .on_processing_time()
+                .map_err(|e| self.failed(e))?;
         }
         Ok(())
+    }
+
+    /// A failure of the shard, reported as its own thread would report it.
+    fn failed(&self, e: StateError) -> SourceError {
+        SourceError::Fatal(format!("shard task {}: {e}", self.shard.task))
     }
 }

@@ -94,9 +94,7 @@ impl Route {
             Some(ShardLink::Channel(tx)) => tx
                 .send(msg)
                 .map_err(|_| SourceError::Fatal("shard task is gone".into())),
-            Some(ShardLink::Inline(inline)) => {
-                inline.handle(msg).map_err(|e| shard_failed(inline, e))
-            }
+            Some(ShardLink::Inline(inline)) => inline.handle(msg),
             None => Ok(()),
         }
     }
@@ -122,7 +120,7 @@ impl Route {
     fn tick(&mut self) -> Result<(), SourceError> {
         for link in self.shards.iter_mut() {
             if let ShardLink::Inline(inline) = link {
-                inline.tick().map_err(|e| shard_failed(inline, e))?;
+                inline.tick()?;
             }
         }
         Ok(())
@@ -141,7 +139,7 @@ impl Route {
                 record,
                 partition_watermark,
             };
-            return inline.process(keyed).map_err(|e| shard_failed(inline, e));
+            return inline.process(keyed);
         }
         let key_hash = self.plan.key_hash(&record);
         let shard = (key_hash % self.shards.len().max(1) as u64) as usize;
@@ -500,11 +498,6 @@ impl SourceTask {
     fn broadcast(&mut self, msg: ShardMessage) -> Result<(), SourceError> {
         self.routes.iter_mut().try_for_each(|r| r.broadcast(&msg))
     }
-}
-
-/// A failure of a shard run on the source task's thread, as the shard's own thread reports it.
-fn shard_failed(inline: &InlineShard, e: crate::state::StateError) -> SourceError {
-    SourceError::Fatal(format!("shard task {}: {e}", inline.task()))
 }
 
 fn hex(bytes: &[u8]) -> String {
