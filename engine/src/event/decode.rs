@@ -166,10 +166,75 @@ impl TimeSource {
             Some(s) => fields.get(s).unwrap_or(&Value::Null),
             None => separate,
         };
+        // The common case, an integer of milliseconds, without the general path's dispatch.
+        if let Value::Int(ms) = *value {
+            let millis = match self.format {
+                TimeFormat::EpochMillis => (0..=MAX_EVENT_TIME).contains(&ms),
+                TimeFormat::Auto => (AUTO_MILLIS_FROM..=AUTO_MILLIS_TO).contains(&ms),
+                _ => false,
+            };
+            if millis {
+                return Ok(ms);
+            }
+        }
         parse_time(value, self.format)
             .map_err(|e| DecodeError(format!("event time field `{}`: {}", self.field, e.0)))
     }
 }
+
+/// What a member key resolves to: the slot it fills and whether it is the event-time field;
+/// `None` for a key no slot wants.
+type Target = Option<(Option<usize>, bool)>;
+
+/// A member key as the previous line had it at the same position.
+#[derive(Debug, Clone, Default)]
+struct KnownKey {
+    /// The key's raw text from its opening quote through the colon (`"ts_ms":`), with no
+    /// escape and no whitespace before the colon: the same bytes are the same key. Empty
+    /// when nothing is remembered.
+    text: Vec<u8>,
+    /// The first 16 bytes of `text` as a word, zero-padded, and the mask of its bytes.
+    word: u128,
+    mask: u128,
+    target: Target,
+}
+
+impl KnownKey {
+    /// Remembers `text` (empty: nothing) as the key whose member fills `target`.
+    fn set(&mut self, text: &[u8], target: Target) {
+        self.text.clear();
+        self.text.extend_from_slice(text);
+        let mut head = [0u8; 16];
+        let n = text.len().min(16);
+        if let (Some(dst), Some(src)) = (head.get_mut(..n), text.get(..n)) {
+            dst.copy_from_slice(src);
+        }
+        self.word = u128::from_le_bytes(head);
+        self.mask = u128::MAX.checked_shr(8 * (16 - n as u32)).unwrap_or(0);
+        self.target = target;
+    }
+
+    /// Whether `bytes` holds the remembered text at `pos`. Compared as one word where the
+    /// line has room for it (a library call costs more than the comparison of a short key).
+    #[inline]
+    fn is_at(&self, bytes: &[u8], pos: usize) -> bool {
+        let len = self.text.len();
+        let rest = bytes.get(pos..).unwrap_or(&[]);
+        if len <= 8 {
+            if let Some(word) = rest.first_chunk::<8>() {
+                return len > 0 && u128::from(u64::from_le_bytes(*word)) & self.mask == self.word;
+            }
+        } else if len <= 16 {
+            if let Some(word) = rest.first_chunk::<16>() {
+                return u128::from_le_bytes(*word) & self.mask == self.word;
+            }
+        }
+        len > 0 && rest.get(..len) == Some(self.text.as_slice())
+    }
+}
+
+/// Member positions whose keys are remembered; later members are always looked up.
+const KNOWN_KEYS: usize = 32;
 
 /// Decodes one JSON object per call, extracting only the fields in the context's slots.
 #[derive(Debug)]
@@ -179,6 +244,10 @@ pub struct JsonDecoder {
     time: TimeSource,
     /// Reused buffer for keys and strings that contain escapes.
     scratch: Vec<u8>,
+    /// The keys of the last line, by member position. Lines of one stream usually repeat
+    /// their keys in the same order, so a key is first compared with the one remembered for
+    /// its position: on a match, scanning and looking it up are skipped.
+    known: Vec<KnownKey>,
 }
 
 impl JsonDecoder {
@@ -203,7 +272,59 @@ impl JsonDecoder {
             nslots: ctx.slots.len(),
             time,
             scratch: Vec::new(),
+            known: Vec::new(),
         }
+    }
+
+    /// The target of the key at `p.pos` (its opening quote), with `p` moved past its colon:
+    /// the remembered key of member `member` when the input repeats its text, else scanned,
+    /// looked up and remembered.
+    #[inline]
+    fn key_target(&mut self, p: &mut Parser<'_>, member: usize) -> Result<Target, DecodeError> {
+        if let Some(known) = self.known.get(member) {
+            if known.is_at(p.bytes, p.pos) {
+                p.pos += known.text.len();
+                return Ok(known.target);
+            }
+        }
+        if p.peek() != Some(b'"') {
+            return Err(p.err("expected a string key"));
+        }
+        let quote = p.pos;
+        p.pos += 1;
+        let key = p.key(&mut self.scratch)?;
+        let target = {
+            let (key_bytes, key_head): (&[u8], u64) = match key {
+                KeyRef::Raw(a, b) => (p.bytes.get(a..b).unwrap_or(&[]), head8_in(p.bytes, a, b)),
+                KeyRef::Scratch => (&self.scratch, head8(&self.scratch)),
+            };
+            self.wanted
+                .iter()
+                .find(|w| w.matches(key_bytes, key_head))
+                .map(|w| (w.slot, w.is_time))
+        };
+        let plain = matches!(key, KeyRef::Raw(..)) && p.peek() == Some(b':');
+        p.ws();
+        if p.peek() != Some(b':') {
+            return Err(p.err("expected ':' after key"));
+        }
+        p.pos += 1;
+        if member < KNOWN_KEYS {
+            if self.known.len() <= member {
+                self.known.resize_with(member + 1, KnownKey::default);
+            }
+            if let Some(known) = self.known.get_mut(member) {
+                // Only a key without escapes and with its colon right after the closing quote:
+                // then equal text means an equal key.
+                let text = if plain {
+                    p.bytes.get(quote..p.pos).unwrap_or(&[])
+                } else {
+                    &[]
+                };
+                known.set(text, target);
+            }
+        }
+        Ok(target)
     }
 
     /// Decodes one JSON object (a line without its newline).
@@ -221,29 +342,10 @@ impl JsonDecoder {
         if p.peek() == Some(b'}') {
             p.pos += 1;
         } else {
+            let mut member = 0;
             loop {
-                if p.peek() != Some(b'"') {
-                    return Err(p.err("expected a string key"));
-                }
-                p.pos += 1;
-                let key = p.key(&mut self.scratch)?;
-                let found = {
-                    let (key_bytes, key_head): (&[u8], u64) = match key {
-                        KeyRef::Raw(a, b) => {
-                            (p.bytes.get(a..b).unwrap_or(&[]), head8_in(p.bytes, a, b))
-                        }
-                        KeyRef::Scratch => (&self.scratch, head8(&self.scratch)),
-                    };
-                    self.wanted
-                        .iter()
-                        .find(|w| w.matches(key_bytes, key_head))
-                        .map(|w| (w.slot, w.is_time))
-                };
-                p.ws();
-                if p.peek() != Some(b':') {
-                    return Err(p.err("expected ':' after key"));
-                }
-                p.pos += 1;
+                let found = self.key_target(&mut p, member)?;
+                member += 1;
                 p.ws();
                 match found {
                     Some((slot, is_time)) => {
@@ -312,6 +414,29 @@ const POW10: [f64; 23] = [
     1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
     1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
 ];
+
+/// `10^n` for the digit counts of one word, `n` in `0..=8`.
+const POW10_U64: [u64; 9] = [
+    1,
+    10,
+    100,
+    1_000,
+    10_000,
+    100_000,
+    1_000_000,
+    10_000_000,
+    100_000_000,
+];
+
+/// The number whose 8 decimal digits are the bytes of `v` (values 0..=9, the first digit in
+/// the lowest byte).
+#[inline]
+fn eight_digits(v: u64) -> u64 {
+    let v = v.wrapping_mul(10).wrapping_add(v >> 8);
+    ((v & 0x0000_00FF_0000_00FF).wrapping_mul(0x000F_4240_0000_0064))
+        .wrapping_add(((v >> 16) & 0x0000_00FF_0000_00FF).wrapping_mul(0x0000_2710_0000_0001))
+        >> 32
+}
 
 /// A strict, allocation-free JSON scanner over one line. UTF-8 is validated inside strings
 /// only; outside them the grammar admits ASCII alone.
@@ -603,24 +728,27 @@ impl<'a> Parser<'a> {
         let start = self.pos;
         let mut i = self.pos;
         let mut m = *mantissa;
-        // Eight digits at a time (the SWAR technique of simdjson's number parser).
-        while let Some(chunk) = self.bytes.get(i..i + 8) {
-            let mut bytes = [0u8; 8];
-            bytes.copy_from_slice(chunk);
-            let w = u64::from_le_bytes(bytes);
-            let all_digits = ((w & 0xF0F0_F0F0_F0F0_F0F0)
-                | ((w.wrapping_add(0x0606_0606_0606_0606) & 0xF0F0_F0F0_F0F0_F0F0) >> 4))
-                == 0x3333_3333_3333_3333;
-            if !all_digits {
+        // A word of 8 bytes at a time while 8 remain (the SWAR technique of simdjson's number
+        // parser), the digits at its start converted at once however many there are.
+        while let Some(chunk) = self.bytes.get(i..i + 8).and_then(|c| c.first_chunk::<8>()) {
+            // Digits become their values 0..=9; any other byte gets its high bit set. A carry
+            // into the next byte comes only from a non-digit, past the first one, which is all
+            // that is read.
+            let x = u64::from_le_bytes(*chunk) ^ (u64::from(b'0') * ONES);
+            let non_digit = (x.wrapping_add(0x76 * ONES) | x) & HIGHS;
+            let n = (non_digit.trailing_zeros() / 8) as usize;
+            if n == 0 {
                 break;
             }
-            let mut v = w - 0x3030_3030_3030_3030;
-            v = v.wrapping_mul(10).wrapping_add(v >> 8);
-            v = ((v & 0x0000_00FF_0000_00FF).wrapping_mul(0x000F_4240_0000_0064)).wrapping_add(
-                ((v >> 16) & 0x0000_00FF_0000_00FF).wrapping_mul(0x0000_2710_0000_0001),
-            ) >> 32;
-            m = m.wrapping_mul(100_000_000).wrapping_add(v);
-            i += 8;
+            // The `n` digits moved to the word's top as the last digits of an 8-digit number.
+            let value = eight_digits(x << (8 * (8 - n)));
+            m = m.wrapping_mul(POW10_U64[n]).wrapping_add(value);
+            i += n;
+            if n < 8 {
+                *mantissa = m;
+                self.pos = i;
+                return i - start;
+            }
         }
         while let Some(&c) = self.bytes.get(i) {
             let d = c.wrapping_sub(b'0');
@@ -1255,12 +1383,16 @@ fn out_of_range(what: impl std::fmt::Display) -> DecodeError {
     DecodeError(format!("epoch timestamp {what} is outside years 1-9999"))
 }
 
+/// The integers [`TimeFormat::Auto`] reads as milliseconds (see [`epoch_unit`]).
+const AUTO_MILLIS_FROM: i64 = 100_000_000_000;
+const AUTO_MILLIS_TO: i64 = 100_000_000_000_000;
+
 /// The unit of an epoch number: `format` itself, or with `Auto`, by magnitude (below 1e11 is
 /// seconds, above 1e14 is microseconds, else milliseconds).
 fn epoch_unit(magnitude: f64, format: TimeFormat) -> TimeFormat {
     match format {
-        TimeFormat::Auto if magnitude < 1e11 => TimeFormat::EpochSeconds,
-        TimeFormat::Auto if magnitude > 1e14 => TimeFormat::EpochMicros,
+        TimeFormat::Auto if magnitude < AUTO_MILLIS_FROM as f64 => TimeFormat::EpochSeconds,
+        TimeFormat::Auto if magnitude > AUTO_MILLIS_TO as f64 => TimeFormat::EpochMicros,
         TimeFormat::Auto => TimeFormat::EpochMillis,
         f => f,
     }
@@ -2084,6 +2216,19 @@ mod tests {
             r#"{"key":"k\u00e9\"","value":[1,{"a":null}],"ts_ms":"2026-11-25T10:00:00.5+01:00","x":{"y":[true,false]}}"#,
         ];
 
+        /// Lines whose keys share positions and prefixes, with and without escapes and
+        /// whitespace, for a decoder that remembers the keys of the line before.
+        const STREAM: &[&str] = &[
+            r#"{"ts_ms":1700000000123,"key":"key_4242","value":17.5}"#,
+            r#"{"ts_ms":1700000000124,"key":"key_7","value":-2}"#,
+            r#"{"value":3,"ts_ms":1700000000125,"key":"key_1"}"#,
+            r#"{"ts_m\u0073":1700000000126,"ke\u0079":"k","value":1}"#,
+            r#"{"ts_ms" :1700000000127, "key" : "key_2","value":4}"#,
+            r#"{"ts_msx":1,"ts_ms":1700000000128,"key":"key_3","valu":9,"value":5}"#,
+            r#"{"key":"key_4","value":6}"#,
+            r#"{"ts_ms":1700000000129,"key":"key_5","value":7,"key":"last"}"#,
+        ];
+
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(2000))]
 
@@ -2123,6 +2268,35 @@ mod tests {
                         prop_assert_eq!(record.fields.first(), Some(&s(text)));
                     }
                     _ => prop_assert!(decoded.is_err(), "{:?} was taken", body),
+                }
+            }
+
+            /// One decoder over a stream of lines decodes each exactly as a fresh decoder
+            /// does: a remembered key is taken only where the line repeats its very bytes.
+            #[test]
+            fn a_reused_decoder_decodes_each_line_as_a_fresh_one(
+                lines in proptest::collection::vec(
+                    (
+                        0..STREAM.len(),
+                        proptest::collection::vec((any::<usize>(), any::<u8>(), 0u8..3), 0..3),
+                    ),
+                    1..12,
+                ),
+            ) {
+                let ctx = bench_ctx();
+                let mut reused = JsonDecoder::new(&ctx);
+                for (which, edits) in lines {
+                    let mut line = STREAM[which].as_bytes().to_vec();
+                    for (at, byte, op) in edits {
+                        let at = at % (line.len() + 1);
+                        match op {
+                            0 => line.insert(at, byte),
+                            1 if at < line.len() => { line.remove(at); }
+                            _ if at < line.len() => line[at] = byte,
+                            _ => {}
+                        }
+                    }
+                    prop_assert_eq!(reused.decode(&line), JsonDecoder::new(&ctx).decode(&line));
                 }
             }
 
@@ -2172,6 +2346,11 @@ mod tests {
                     text.push_str(e);
                 }
                 let got = json_value(&text);
+                // Followed by the rest of the line, the number's last digits are read from a
+                // whole word too.
+                let line = format!(r#"{{"v":{text},"t":1700000000000,"pad":"12345678"}}"#);
+                let first = json(&["v"], &line).map(|r| r.fields[0].clone());
+                prop_assert_eq!(first.as_ref().ok(), got.as_ref().ok(), "{}", text);
                 if frac.is_none() && exp.is_none() {
                     if let Ok(i) = text.parse::<i64>() {
                         prop_assert_eq!(got.unwrap(), Value::Int(i));
@@ -2210,6 +2389,31 @@ mod tests {
                          TimeFormat::EpochMicros, TimeFormat::EpochSeconds][fmt];
                 let _ = parse_time(&Value::Int(i), f);
                 let _ = parse_time(&Value::Float(x), f);
+            }
+
+            /// The decoder's shortcut for integer milliseconds takes exactly the times
+            /// `parse_time` gives, whether the time field is a slot or not.
+            #[test]
+            fn an_integer_event_time_decodes_as_parse_time_reads_it(
+                i in prop_oneof![
+                    any::<i64>(),
+                    -2i64..2,
+                    AUTO_MILLIS_FROM - 2..AUTO_MILLIS_FROM + 2,
+                    AUTO_MILLIS_TO - 2..AUTO_MILLIS_TO + 2,
+                    MAX_EVENT_TIME - 2..MAX_EVENT_TIME + 2,
+                ],
+                fmt in 0usize..5,
+                slot in any::<bool>(),
+            ) {
+                let f = [TimeFormat::Auto, TimeFormat::Rfc3339, TimeFormat::EpochMillis,
+                         TimeFormat::EpochMicros, TimeFormat::EpochSeconds][fmt];
+                let fields: &[&str] = if slot { &["t"] } else { &[] };
+                let line = format!(r#"{{"t":{i}}}"#);
+                let decoded = JsonDecoder::new(&ctx(fields, "t", f)).decode(line.as_bytes());
+                prop_assert_eq!(
+                    decoded.map(|r| r.time).ok(),
+                    parse_time(&Value::Int(i), f).ok()
+                );
             }
 
             #[test]

@@ -150,7 +150,7 @@ impl Route {
                 record,
                 partition_watermark,
             });
-            // The key is written where it stays (see `Key::set_values`).
+            // The key is set in the queued record itself rather than moved in after.
             if let Some(queued) = buf.last_mut() {
                 self.plan.set_key(&queued.record, &mut queued.key);
             }
