@@ -2216,6 +2216,25 @@ mod tests {
             r#"{"key":"k\u00e9\"","value":[1,{"a":null}],"ts_ms":"2026-11-25T10:00:00.5+01:00","x":{"y":[true,false]}}"#,
         ];
 
+        /// `line` with `edits` applied in order: `(position, byte, 0)` inserts the byte,
+        /// `(position, _, 1)` removes a byte, `(position, byte, 2)` replaces one; positions
+        /// wrap around the line's length.
+        fn edited(line: &str, edits: &[(usize, u8, u8)]) -> Vec<u8> {
+            let mut line = line.as_bytes().to_vec();
+            for &(at, byte, op) in edits {
+                let at = at % (line.len() + 1);
+                match op {
+                    0 => line.insert(at, byte),
+                    1 if at < line.len() => {
+                        line.remove(at);
+                    }
+                    _ if at < line.len() => line[at] = byte,
+                    _ => {}
+                }
+            }
+            line
+        }
+
         /// Lines whose keys share positions and prefixes, with and without escapes and
         /// whitespace, for a decoder that remembers the keys of the line before.
         const STREAM: &[&str] = &[
@@ -2286,16 +2305,7 @@ mod tests {
                 let ctx = bench_ctx();
                 let mut reused = JsonDecoder::new(&ctx);
                 for (which, edits) in lines {
-                    let mut line = STREAM[which].as_bytes().to_vec();
-                    for (at, byte, op) in edits {
-                        let at = at % (line.len() + 1);
-                        match op {
-                            0 => line.insert(at, byte),
-                            1 if at < line.len() => { line.remove(at); }
-                            _ if at < line.len() => line[at] = byte,
-                            _ => {}
-                        }
-                    }
+                    let line = edited(STREAM[which], &edits);
                     prop_assert_eq!(reused.decode(&line), JsonDecoder::new(&ctx).decode(&line));
                 }
             }
@@ -2315,16 +2325,7 @@ mod tests {
                 which in 0..VALID.len(),
                 edits in proptest::collection::vec((any::<usize>(), any::<u8>(), 0u8..3), 1..6),
             ) {
-                let mut line = VALID[which].as_bytes().to_vec();
-                for (at, byte, op) in edits {
-                    let at = at % (line.len() + 1);
-                    match op {
-                        0 => line.insert(at, byte),
-                        1 if at < line.len() => { line.remove(at); }
-                        _ if at < line.len() => line[at] = byte,
-                        _ => {}
-                    }
-                }
+                let line = edited(VALID[which], &edits);
                 let _ = JsonDecoder::new(&bench_ctx()).decode(&line);
                 let mut c = bench_ctx();
                 c.event_time.format = TimeFormat::Rfc3339;

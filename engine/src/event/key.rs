@@ -178,6 +178,29 @@ mod tests {
     }
 
     #[test]
+    fn keys_on_both_sides_of_the_inline_size_encode_as_documented() {
+        for n in 0..=40 {
+            let text: String = "abcdefghij".chars().cycle().take(n).collect();
+            for values in [
+                vec![Value::Str(text.as_str().into())],
+                vec![Value::Int(-3), Value::Str(text.as_str().into())],
+            ] {
+                let mut expected = Vec::new();
+                if values.len() == 2 {
+                    expected.push(TAG_INT);
+                    expected.extend_from_slice(&(-3i64).to_be_bytes());
+                }
+                expected.push(TAG_STR);
+                expected.extend_from_slice(&(n as u32).to_be_bytes());
+                expected.extend_from_slice(text.as_bytes());
+                let key = Key::from_values(&values);
+                assert_eq!(key.as_bytes(), expected.as_slice(), "{values:?}");
+                assert_eq!(key.values().as_ref(), Some(&values));
+            }
+        }
+    }
+
+    #[test]
     fn different_values_give_different_keys() {
         let a = Key::from_values(&[Value::Str("ab".into()), Value::Str("c".into())]);
         let b = Key::from_values(&[Value::Str("a".into()), Value::Str("bc".into())]);
