@@ -94,6 +94,32 @@ impl Shard {
         self.with_outputs(|op, out| op.on_processing_time(wall_clock_ms(), out))
     }
 
+    /// Handles `msg` from input `input` (its watermark kept in `holder`): records go to the
+    /// operator and a watermark advances it when it moves the minimum over the inputs. A
+    /// barrier is returned for the caller to align and acknowledge.
+    fn receive(
+        &mut self,
+        holder: &mut WatermarkHolder,
+        input: usize,
+        msg: ShardMessage,
+    ) -> Result<Option<Epoch>, StateError> {
+        let moved = match msg {
+            ShardMessage::Records(records) => {
+                for rec in records {
+                    self.process(rec)?;
+                }
+                None
+            }
+            ShardMessage::Watermark(wm) => holder.update(input, wm),
+            ShardMessage::Idle(idle) => holder.set_idle(input, idle),
+            ShardMessage::Barrier(epoch) => return Ok(Some(epoch)),
+        };
+        if let Some(w) = moved {
+            self.advance_watermark(w)?;
+        }
+        Ok(None)
+    }
+
     /// Acknowledges `epoch` to the coordinator with the state changes and outputs since the
     /// last acknowledgement. `Ok(false)`: the coordinator is gone.
     fn ack(&mut self, epoch: Epoch, watermark: Timestamp) -> Result<bool, StateError> {
@@ -155,22 +181,11 @@ impl ShardTask {
                 let input = ready_inputs[idx];
                 match op.recv(&inputs[input]) {
                     Err(_) => connected[input] = false,
-                    Ok(ShardMessage::Records(records)) => {
-                        for rec in records {
-                            shard.process(rec)?;
+                    Ok(msg) => {
+                        if let Some(epoch) = shard.receive(&mut holder, input, msg)? {
+                            barrier_at[input] = Some(epoch);
                         }
                     }
-                    Ok(ShardMessage::Watermark(wm)) => {
-                        if let Some(w) = holder.update(input, wm) {
-                            shard.advance_watermark(w)?;
-                        }
-                    }
-                    Ok(ShardMessage::Idle(idle)) => {
-                        if let Some(w) = holder.set_idle(input, idle) {
-                            shard.advance_watermark(w)?;
-                        }
-                    }
-                    Ok(ShardMessage::Barrier(epoch)) => barrier_at[input] = Some(epoch),
                 }
             }
             if last_tick.elapsed() >= PROCESSING_TICK {
@@ -223,26 +238,9 @@ impl InlineShard {
     }
 
     fn handle_inner(&mut self, msg: ShardMessage) -> Result<(), StateError> {
-        match msg {
-            ShardMessage::Records(records) => {
-                for rec in records {
-                    self.shard.process(rec)?;
-                }
-            }
-            ShardMessage::Watermark(wm) => {
-                if let Some(w) = self.holder.update(0, wm) {
-                    self.shard.advance_watermark(w)?;
-                }
-            }
-            ShardMessage::Idle(idle) => {
-                if let Some(w) = self.holder.set_idle(0, idle) {
-                    self.shard.advance_watermark(w)?;
-                }
-            }
-            ShardMessage::Barrier(epoch) => {
-                // A coordinator that is gone is noticed by the source task's own ack.
-                self.shard.ack(epoch, self.holder.watermark())?;
-            }
+        if let Some(epoch) = self.shard.receive(&mut self.holder, 0, msg)? {
+            // A coordinator that is gone is noticed by the source task's own ack.
+            self.shard.ack(epoch, self.holder.watermark())?;
         }
         Ok(())
     }
