@@ -521,8 +521,13 @@ mod tests {
             .create()
             .expect("producer");
         send_records(&producer, "nowhere", 1);
-        drain(&producer, Duration::from_millis(300));
-        assert_eq!(producer.in_flight_count(), 1);
+        let timeout = Duration::from_millis(300);
+        let started = Instant::now();
+        drain(&producer, timeout);
+        assert!(started.elapsed() >= timeout, "drain returned before its timeout");
+        // librdkafka's count also holds queued events (the refused connection's error may be
+        // one), so it can be above 1; it is never 0 while the record waits.
+        assert!(producer.in_flight_count() >= 1);
     }
 
     #[test]
