@@ -524,7 +524,10 @@ mod tests {
         let timeout = Duration::from_millis(300);
         let started = Instant::now();
         drain(&producer, timeout);
-        assert!(started.elapsed() >= timeout, "drain returned before its timeout");
+        assert!(
+            started.elapsed() >= timeout,
+            "drain returned before its timeout"
+        );
         // librdkafka's count also holds queued events (the refused connection's error may be
         // one), so it can be above 1; it is never 0 while the record waits.
         assert!(producer.in_flight_count() >= 1);
