@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -139,11 +140,21 @@ fn open_into(pool: &Mutex<Pool>, config: &KafkaSourceConfig, tp: &(String, i32))
 
 /// Opens one partition's reader at the group's committed offset (else the configured start).
 fn open(config: &KafkaSourceConfig, topic: &str, partition: i32) -> Result<ReadAhead, String> {
+    let started = Instant::now();
     let (queue, consumer) = open_reader(config, topic, partition).map_err(|e| e.to_string())?;
     let (low, high) = consumer
         .fetch_watermarks(topic, partition, REQUEST_TIMEOUT)
         .map_err(|e| e.to_string())?;
+    let watermarks_ms = started.elapsed().as_millis();
     let committed = committed_offset(&consumer, topic, partition).map_err(|e| e.to_string())?;
+    // The start's waits, step by step: a fleet's first reads wait for the slowest reader.
+    tracing::debug!(
+        topic,
+        partition,
+        watermarks_ms,
+        committed_ms = started.elapsed().as_millis(),
+        "read-ahead reader opened"
+    );
     let offset = first_offset(committed, config.start, low, high);
     if !(low..=high).contains(&offset) {
         return Err(format!(
