@@ -147,7 +147,7 @@ fn open(config: &KafkaSourceConfig, topic: &str, partition: i32) -> Result<ReadA
         .map_err(|e| e.to_string())?;
     let watermarks_ms = started.elapsed().as_millis();
     let committed = committed_offset(&consumer, topic, partition).map_err(|e| e.to_string())?;
-    // The start's waits, step by step: a fleet's first reads wait for the slowest reader.
+    // Where a start waits: a partition whose reader opens late is read late.
     tracing::debug!(
         topic,
         partition,
