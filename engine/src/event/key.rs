@@ -24,7 +24,6 @@ impl Key {
     pub fn from_values<'a, I>(values: I) -> Key
     where
         I: IntoIterator<Item = &'a Value>,
-        I::IntoIter: Clone,
     {
         let mut key = Key::default();
         key.set_values(values);
@@ -37,28 +36,28 @@ impl Key {
     pub fn set_values<'a, I>(&mut self, values: I)
     where
         I: IntoIterator<Item = &'a Value>,
-        I::IntoIter: Clone,
     {
-        let values = values.into_iter();
         // Most keys fit inline: encoded on the stack and moved in whole, which costs a third
-        // of growing the vector piece by piece (each growth checks where its bytes live).
+        // of growing the vector piece by piece (each growth checks where its bytes live). A
+        // key that outgrows the stack buffer carries on in the vector from where it stopped.
         let mut inline = [0u8; INLINE_KEY];
         let mut len = 0;
         let mut fits = true;
-        encode(values.clone(), |bytes| {
-            match inline.get_mut(len..len + bytes.len()) {
-                Some(dst) if fits => {
+        self.0.clear();
+        encode(values, |bytes| {
+            if fits {
+                if let Some(dst) = inline.get_mut(len..len + bytes.len()) {
                     dst.copy_from_slice(bytes);
                     len += bytes.len();
+                    return;
                 }
-                _ => fits = false,
+                fits = false;
+                self.0.extend_from_slice(&inline[..len]);
             }
+            self.0.extend_from_slice(bytes);
         });
         if fits {
             self.0 = SmallVec::from_buf_and_len(inline, len);
-        } else {
-            self.0.clear();
-            encode(values, |bytes| self.0.extend_from_slice(bytes));
         }
     }
 

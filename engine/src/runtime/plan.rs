@@ -205,10 +205,7 @@ impl PipelinePlan {
     }
 
     /// The `key_by` values of `record`, in order.
-    fn key_values<'r>(
-        &'r self,
-        record: &'r Record,
-    ) -> impl Iterator<Item = &'r Value> + Clone + 'r {
+    fn key_values<'r>(&'r self, record: &'r Record) -> impl Iterator<Item = &'r Value> + 'r {
         self.key_slots
             .iter()
             .map(|&s| record.fields.get(s).unwrap_or(&Value::Null))
