@@ -774,6 +774,33 @@ fn changelog_restores_the_state_and_fences_an_older_owner() {
     assert_eq!(next.progress().unwrap().committed, Some(1));
 }
 
+#[test]
+fn a_replica_of_an_empty_changelog_reports_no_progress_and_restores_nothing() {
+    let job = unique("cl-empty");
+    let topic = format!("{job}-changelog");
+    create_topic(&topic, 1);
+    let replica = ChangelogReplica::open(&client(), &job, "p0", &topic, 0).unwrap();
+    assert_eq!(replica.progress().unwrap(), Progress::default());
+    let restored = MemoryStateStore::new();
+    assert_eq!(replica.restore(&restored).unwrap(), 0);
+    for table in Table::ALL {
+        assert!(all(&restored, table).is_empty(), "{table:?}");
+    }
+    // What it then replicates is read back by the next owner.
+    let mut b = StateBatch::default();
+    b.put(Table::Windows, b"k".to_vec(), b"v".to_vec());
+    write_prepared(&mut b, 1);
+    replica.replicate(&b).unwrap();
+    let next = ChangelogReplica::open(&client(), &job, "p0", &topic, 0).unwrap();
+    assert_eq!(next.progress().unwrap().prepared, Some(1));
+    let restored = MemoryStateStore::new();
+    assert!(next.restore(&restored).unwrap() > 0);
+    assert_eq!(
+        restored.get(Table::Windows, b"k").unwrap(),
+        Some(b"v".to_vec())
+    );
+}
+
 /// The event times of the records `part` reads until its end (20 s at most).
 fn times_to_end(part: &mut dyn SourcePartition) -> Vec<i64> {
     let mut batch = SourceBatch::default();

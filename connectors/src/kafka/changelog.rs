@@ -213,13 +213,12 @@ impl ChangelogReplica {
         from_end: Option<i64>,
         visit: &mut RecordVisitor<'_>,
     ) -> Result<(i64, i64), FleetError> {
-        // Closed in the background: a task start reads twice (progress, then restore).
-        let consumer: ClosedInBackground<BaseConsumer<EofAwareContext>> = self
-            .reader_config
-            .create_with_context(EofAwareContext)
-            .map(ClosedInBackground::new)
-            .map_err(|e| FleetError::Fatal(format!("changelog reader: {e}")))?;
-        let (low, high) = consumer
+        // Asked through the producer, connected since `open`: a task of an empty log (every
+        // task of a new job) then creates no reader at all. A producer's queries are
+        // read_committed, as the reader's: `high` is the last stable offset.
+        let (low, high) = self
+            .producer
+            .client()
             .fetch_watermarks(&self.topic, self.partition, REQUEST_TIMEOUT)
             .map_err(|e| fleet_error("read the watermarks", &e))?;
         let start = match from_end {
@@ -229,6 +228,12 @@ impl ChangelogReplica {
         if start >= high {
             return Ok((start, low));
         }
+        // Closed in the background: a task start reads twice (progress, then restore).
+        let consumer: ClosedInBackground<BaseConsumer<EofAwareContext>> = self
+            .reader_config
+            .create_with_context(EofAwareContext)
+            .map(ClosedInBackground::new)
+            .map_err(|e| FleetError::Fatal(format!("changelog reader: {e}")))?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.topic, self.partition, Offset::Offset(start))
             .map_err(|e| FleetError::Fatal(e.to_string()))?;
