@@ -2,7 +2,8 @@
 //!
 //! - `kafka-source`: a keyed input topic read end to end by a plain consumer (counting
 //!   messages) and by a Weir job through a tumbling window into a transactional result topic.
-//!   Each read begins once the rest of the machine (the broker) is quiet.
+//!   Each read begins once the rest of the machine (the broker) is quiet. A plain consumer
+//!   that joins a consumer group, as a worker does, is timed as well and reported beside them.
 //! - `kafka-source-fleet`: the same, with Weir run as `weir run` runs a Kafka topology (a fleet
 //!   worker: a task per partition, checkpoints replicated to a changelog topic).
 //! - `kafka-latency`: event-to-result latency of an unbounded Weir job (`emit: on_update`,
@@ -433,6 +434,47 @@ fn read_partitions(
         tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
     }
     consumer.assign(&tpl)?;
+    let read = count_to_ends(&consumer, topic, ends)?;
+    Ok((read, started.elapsed()))
+}
+
+/// Reads every partition of `topic` to the end it has now with one consumer that joins a new
+/// consumer group `group` (`subscribe`), as a worker's group member does; returns the count
+/// and the wall time, the group join included. Not a baseline of the floor: it shows what a
+/// group member pays on its own (the broker holds a new group's first join, and noida-db
+/// persists its whole state after a join, which a reader with assigned partitions never sets
+/// off).
+fn read_as_group_member(
+    config: &ClientConfig,
+    topic: &str,
+    partitions: u32,
+    group: &str,
+) -> anyhow::Result<(u64, Duration)> {
+    let started = Instant::now();
+    let mut config = config.clone();
+    config
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest");
+    let consumer: BaseConsumer<EofAwareContext> = config.create_with_context(EofAwareContext)?;
+    let mut ends = BTreeMap::new();
+    for p in 0..partitions as i32 {
+        let (low, high) = consumer.fetch_watermarks(topic, p, REQUEST_TIMEOUT)?;
+        if high > low {
+            ends.insert(p, high);
+        }
+    }
+    consumer.subscribe(&[topic])?;
+    let read = count_to_ends(&consumer, topic, ends)?;
+    Ok((read, started.elapsed()))
+}
+
+/// Counts `consumer`'s messages until each partition in `ends` is done: at its record just
+/// before the offset given, or at its end-of-partition event.
+fn count_to_ends(
+    consumer: &BaseConsumer<EofAwareContext>,
+    topic: &str,
+    mut ends: BTreeMap<i32, i64>,
+) -> anyhow::Result<u64> {
     let mut read = 0u64;
     let mut last_progress = Instant::now();
     while !ends.is_empty() {
@@ -460,7 +502,7 @@ fn read_partitions(
             None => {}
         }
     }
-    Ok((read, started.elapsed()))
+    Ok(read)
 }
 
 /// A consumer configuration that reads only committed records and reports partition ends.
@@ -562,7 +604,8 @@ fn source_section(
     // baseline, so a slow layout does not tilt the ratio. Each read's wall time and the CPU
     // used during it; every phase, Weir's too, starts on a quiet machine.
     let mut waited = Vec::new();
-    let mut read_plain = |when: &str| -> anyhow::Result<[(Duration, PhaseCpu); 2]> {
+    let mut group_reads = 0;
+    let mut read_plain = |when: &str| -> anyhow::Result<[(Duration, PhaseCpu); 3]> {
         waited.push(wait_until_quiet());
         eprintln!("  kafka-source: plain consumer, {when} ...");
         let ((read, one), one_cpu) = timed(|| read_to_end(&plain, &input, partitions))?;
@@ -572,7 +615,14 @@ fn source_section(
         let ((read, each), each_cpu) =
             timed(|| read_to_end_in_parallel(&plain, &input, partitions))?;
         check_count("the plain consumers", read, args.events)?;
-        Ok([(one, one_cpu), (each, each_cpu)])
+        waited.push(wait_until_quiet());
+        eprintln!("  kafka-source: plain consumer in a new consumer group, {when} ...");
+        group_reads += 1;
+        let group = format!("weir-bench-{}-plain-member-{group_reads}", names.id);
+        let ((read, member), member_cpu) =
+            timed(|| read_as_group_member(&plain, &input, partitions, &group))?;
+        check_count("the group member", read, args.events)?;
+        Ok([(one, one_cpu), (each, each_cpu), (member, member_cpu)])
     };
     let before = read_plain("before Weir")?;
 
@@ -613,7 +663,7 @@ fn source_section(
         let (b, a) = (before[layout], after[layout]);
         ((b.0 + a.0) / 2, b.1.mean(a.1))
     };
-    let (one, each) = (mean(0), mean(1));
+    let (one, each, member) = (mean(0), mean(1), mean(2));
     let (baseline, (plain_time, plain_cpu)) = if one.0 <= each.0 {
         (
             format!("plain consumer, {partitions} partitions, count only"),
@@ -657,7 +707,9 @@ fn source_section(
         floor: Some(SOURCE_FLOOR),
         detail: format!(
             "{} events (compression {}); plain before/after Weir: 1 consumer {:.2}/{:.2} s, 1 per \
-             partition {:.2}/{:.2} s; Weir {:.2} s = start {:.2} s + run {:.2} s (checkpoints {} ms); \
+             partition {:.2}/{:.2} s, 1 in a new consumer group {:.2}/{:.2} s (Weir's rate \
+             over it {:.2}, its process CPU per event {:.2} us, the rest's {:.2} us; not the \
+             floor's baseline); Weir {:.2} s = start {:.2} s + run {:.2} s (checkpoints {} ms); \
              process CPU per event: baseline {:.2} us, Weir {:.2} us ({:.2}x); the rest of the \
              machine's CPU (the broker, mostly) per event: baseline {:.2} us, Weir {:.2} us; \
              {}; {} window results \
@@ -668,6 +720,11 @@ fn source_section(
             after[0].0.as_secs_f64(),
             before[1].0.as_secs_f64(),
             after[1].0.as_secs_f64(),
+            before[2].0.as_secs_f64(),
+            after[2].0.as_secs_f64(),
+            member.0.as_secs_f64() / weir_time.as_secs_f64(),
+            cpu_per_event_us(member.1.own),
+            cpu_per_event_us(member.1.rest),
             weir_time.as_secs_f64(),
             build_time.as_secs_f64(),
             (weir_time - build_time).as_secs_f64(),
