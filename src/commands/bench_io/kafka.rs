@@ -424,13 +424,9 @@ fn read_partitions(
 ) -> anyhow::Result<(u64, Duration)> {
     let started = Instant::now();
     let consumer: BaseConsumer<EofAwareContext> = config.create_with_context(EofAwareContext)?;
+    let ends = ends_of(&consumer, topic, partitions.iter().copied())?;
     let mut tpl = TopicPartitionList::new();
-    let mut ends = BTreeMap::new();
     for p in partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, *p, REQUEST_TIMEOUT)?;
-        if high > low {
-            ends.insert(*p, high);
-        }
         tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
     }
     consumer.assign(&tpl)?;
@@ -456,16 +452,27 @@ fn read_as_group_member(
         .set("group.id", group)
         .set("auto.offset.reset", "earliest");
     let consumer: BaseConsumer<EofAwareContext> = config.create_with_context(EofAwareContext)?;
+    let ends = ends_of(&consumer, topic, 0..partitions as i32)?;
+    consumer.subscribe(&[topic])?;
+    let read = count_to_ends(&consumer, topic, ends)?;
+    Ok((read, started.elapsed()))
+}
+
+/// The high watermark of each of `partitions` of `topic` that holds records: where a read
+/// from the beginning is done.
+fn ends_of(
+    consumer: &BaseConsumer<EofAwareContext>,
+    topic: &str,
+    partitions: impl IntoIterator<Item = i32>,
+) -> anyhow::Result<BTreeMap<i32, i64>> {
     let mut ends = BTreeMap::new();
-    for p in 0..partitions as i32 {
+    for p in partitions {
         let (low, high) = consumer.fetch_watermarks(topic, p, REQUEST_TIMEOUT)?;
         if high > low {
             ends.insert(p, high);
         }
     }
-    consumer.subscribe(&[topic])?;
-    let read = count_to_ends(&consumer, topic, ends)?;
-    Ok((read, started.elapsed()))
+    Ok(ends)
 }
 
 /// Counts `consumer`'s messages until each partition in `ends` is done: at its record just
